@@ -1,0 +1,455 @@
+//! hosts.json: the list of hosts the daemon may reach, and how.
+//!
+//! The format is the Python tool's, so existing files keep working; our additions are optional
+//! fields with defaults. Unknown fields are errors: a typo in a security setting
+//! (`allowed_comands`) must never be silently ignored.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("Config file not found: {0}")]
+    NotFound(PathBuf),
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Log verbosity, spelled as in Python's `logging` (the Python tool's values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum LogLevel {
+    Debug,
+    #[default]
+    Info,
+    Warning,
+    Error,
+    Critical,
+}
+
+impl LogLevel {
+    /// The matching `tracing` filter directive.
+    pub fn as_filter(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warning => "warn",
+            LogLevel::Error | LogLevel::Critical => "error",
+        }
+    }
+}
+
+/// The whole file, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(rename = "$schema", default)]
+    _schema: Option<String>,
+    #[serde(default)]
+    log_level: LogLevel,
+    #[serde(default)]
+    audit_log_file: Option<String>,
+    #[serde(default)]
+    known_hosts_file: Option<String>,
+    hosts: Vec<RawHost>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    name: String,
+    hostname: String,
+    username: String,
+    #[serde(default = "default_port")]
+    port: u64,
+    #[serde(default)]
+    identity_file: Option<String>,
+    #[serde(default)]
+    password: Option<SecretString>,
+    #[serde(default)]
+    auto_accept_host_key: bool,
+    #[serde(default = "default_command_timeout")]
+    command_timeout: u64,
+    #[serde(default = "default_transfer_timeout")]
+    transfer_timeout: u64,
+    #[serde(default)]
+    allowed_commands: Option<Vec<String>>,
+    #[serde(default)]
+    known_hosts_file: Option<String>,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout: u64,
+    #[serde(default = "default_keepalive_interval")]
+    keepalive_interval: u64,
+    #[serde(default = "default_keepalive_max")]
+    keepalive_max: u64,
+    #[serde(default = "default_max_sessions")]
+    max_sessions: u64,
+}
+
+fn default_port() -> u64 {
+    22
+}
+fn default_command_timeout() -> u64 {
+    30
+}
+fn default_transfer_timeout() -> u64 {
+    120
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_keepalive_interval() -> u64 {
+    15
+}
+fn default_keepalive_max() -> u64 {
+    3
+}
+fn default_max_sessions() -> u64 {
+    10
+}
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub log_level: LogLevel,
+    pub audit_log_file: Option<PathBuf>,
+    pub hosts: Vec<HostConfig>,
+    /// Problems worth telling the user about that do not stop the daemon.
+    pub warnings: Vec<String>,
+}
+
+/// One host, validated, with paths expanded.
+pub struct HostConfig {
+    pub name: String,
+    pub hostname: String,
+    pub port: u16,
+    pub username: String,
+    pub identity_file: Option<PathBuf>,
+    pub password: Option<SecretString>,
+    pub auto_accept_host_key: bool,
+    pub command_timeout: Duration,
+    pub transfer_timeout: Duration,
+    pub allowed_commands: Option<Vec<String>>,
+    /// known_hosts files to check, in order (the host's own, else the global one, else
+    /// `~/.ssh/known_hosts`; then `/etc/ssh/ssh_known_hosts`).
+    pub known_hosts_files: Vec<PathBuf>,
+    pub connect_timeout: Duration,
+    /// `None` disables keepalive (not recommended: a silent peer is then never detected).
+    pub keepalive_interval: Option<Duration>,
+    pub keepalive_max: usize,
+    pub max_sessions: u32,
+}
+
+// Written by hand so that nothing about the password, not even its length, can be printed.
+impl fmt::Debug for HostConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostConfig")
+            .field("name", &self.name)
+            .field("hostname", &self.hostname)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("identity_file", &self.identity_file)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("auto_accept_host_key", &self.auto_accept_host_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostConfig {
+    /// `user@host:port`, for messages.
+    pub fn target(&self) -> String {
+        format!("{}@{}:{}", self.username, self.hostname, self.port)
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ConfigError::NotFound(path.to_path_buf()));
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let mut config = Config::parse(&text, path)?;
+        if config.hosts.iter().any(|h| h.password.is_some())
+            && let Ok(meta) = std::fs::metadata(path)
+        {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                config.warnings.push(format!(
+                    "{} holds a password and is readable by other users (mode {mode:o}); \
+                         run: chmod 600 {}",
+                    path.display(),
+                    path.display()
+                ));
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates `text`; `path` is used for messages and relative paths only.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let raw: RawConfig = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let global_known_hosts = raw.known_hosts_file.as_deref().map(expand_tilde);
+        let mut seen = HashSet::new();
+        let mut hosts = Vec::with_capacity(raw.hosts.len());
+        for (index, host) in raw.hosts.into_iter().enumerate() {
+            let label = if host.name.is_empty() {
+                format!("hosts[{index}]")
+            } else {
+                host.name.clone()
+            };
+            let host = validate_host(host, global_known_hosts.as_deref())
+                .map_err(|msg| invalid(format!("host {label}: {msg}")))?;
+            if !seen.insert(host.name.clone()) {
+                return Err(invalid(format!("duplicate host name {:?}", host.name)));
+            }
+            hosts.push(host);
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            log_level: raw.log_level,
+            audit_log_file: raw.audit_log_file.as_deref().map(expand_tilde),
+            hosts,
+            warnings: Vec::new(),
+        })
+    }
+
+    pub fn host(&self, name: &str) -> Option<&HostConfig> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+}
+
+fn validate_host(raw: RawHost, global_known_hosts: Option<&Path>) -> Result<HostConfig, String> {
+    for (field, value) in [
+        ("name", &raw.name),
+        ("hostname", &raw.hostname),
+        ("username", &raw.username),
+    ] {
+        if value.trim().is_empty() {
+            return Err(format!("{field} must not be empty"));
+        }
+    }
+    if raw
+        .name
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "name {:?} must not contain spaces or control characters",
+            raw.name
+        ));
+    }
+    let port = u16::try_from(raw.port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("port {} is out of range (1-65535)", raw.port))?;
+    let positive = |field: &str, value: u64| {
+        if value == 0 {
+            Err(format!("{field} must be at least 1"))
+        } else {
+            Ok(value)
+        }
+    };
+    let command_timeout = positive("command_timeout", raw.command_timeout)?;
+    let transfer_timeout = positive("transfer_timeout", raw.transfer_timeout)?;
+    let connect_timeout = positive("connect_timeout", raw.connect_timeout)?;
+    let max_sessions = u32::try_from(positive("max_sessions", raw.max_sessions)?)
+        .map_err(|_| "max_sessions is too large".to_string())?;
+    if let Some(rules) = &raw.allowed_commands
+        && rules.iter().any(|r| r.trim().is_empty())
+    {
+        return Err("allowed_commands must not contain an empty entry".into());
+    }
+    let mut known_hosts_files = vec![
+        raw.known_hosts_file
+            .as_deref()
+            .map(expand_tilde)
+            .or_else(|| global_known_hosts.map(Path::to_path_buf))
+            .unwrap_or_else(|| expand_tilde("~/.ssh/known_hosts")),
+    ];
+    known_hosts_files.push(PathBuf::from("/etc/ssh/ssh_known_hosts"));
+    Ok(HostConfig {
+        name: raw.name,
+        hostname: raw.hostname,
+        port,
+        username: raw.username,
+        identity_file: raw.identity_file.as_deref().map(expand_tilde),
+        password: raw.password,
+        auto_accept_host_key: raw.auto_accept_host_key,
+        command_timeout: Duration::from_secs(command_timeout),
+        transfer_timeout: Duration::from_secs(transfer_timeout),
+        allowed_commands: raw.allowed_commands,
+        known_hosts_files,
+        connect_timeout: Duration::from_secs(connect_timeout),
+        keepalive_interval: (raw.keepalive_interval > 0)
+            .then(|| Duration::from_secs(raw.keepalive_interval)),
+        keepalive_max: usize::try_from(raw.keepalive_max).unwrap_or(usize::MAX),
+        max_sessions,
+    })
+}
+
+/// Expands a leading `~` or `~/` to the user's home directory.
+pub fn expand_tilde(path: &str) -> PathBuf {
+    let home = || directories::BaseDirs::new().map(|d| d.home_dir().to_path_buf());
+    if path == "~" {
+        if let Some(home) = home() {
+            return home;
+        }
+    } else if let Some(rest) = path.strip_prefix("~/")
+        && let Some(home) = home()
+    {
+        return home.join(rest);
+    }
+    PathBuf::from(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/cfg/hosts.json"))
+    }
+
+    #[test]
+    fn python_tool_example_should_parse_with_defaults() {
+        let cfg = parse(
+            r#"{"hosts": [{"name": "my-server", "hostname": "192.0.2.1", "username": "root",
+                "identity_file": "~/.ssh/id_ed25519"}]}"#,
+        )
+        .unwrap();
+        let h = &cfg.hosts[0];
+        assert_eq!(h.port, 22);
+        assert_eq!(h.command_timeout, Duration::from_secs(30));
+        assert_eq!(h.transfer_timeout, Duration::from_secs(120));
+        assert!(!h.auto_accept_host_key);
+        assert!(
+            h.identity_file
+                .as_ref()
+                .unwrap()
+                .ends_with(".ssh/id_ed25519")
+        );
+        assert!(!h.identity_file.as_ref().unwrap().starts_with("~"));
+        assert_eq!(h.max_sessions, 10);
+        assert_eq!(cfg.log_level, LogLevel::Info);
+    }
+
+    #[test]
+    fn full_python_tool_config_should_parse() {
+        let cfg = parse(
+            r#"{ "log_level": "DEBUG", "audit_log_file": null,
+              "hosts": [ { "name": "gpu-box", "hostname": "203.0.113.50", "port": 22100,
+                 "username": "root", "identity_file": "~/.ssh/id_ed25519", "password": "hunter2",
+                 "auto_accept_host_key": false, "command_timeout": 30, "transfer_timeout": 120,
+                 "allowed_commands": ["nvidia-smi"] } ] }"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.log_level, LogLevel::Debug);
+        let h = &cfg.hosts[0];
+        assert_eq!(h.password.as_ref().unwrap().expose_secret(), "hunter2");
+        assert_eq!(
+            h.allowed_commands.as_deref(),
+            Some(&["nvidia-smi".to_string()][..])
+        );
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn misspelled_field_should_be_named() {
+        let err = parse(r#"{"hosts": [{"name": "a", "hostname": "h", "username": "u", "allowed_comands": []}]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `allowed_comands`"), "{err}");
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn syntax_error_should_give_line_and_column() {
+        let err = parse("{\n  \"hosts\": [\n    {,}\n  ]\n}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3 column"), "{err}");
+        assert!(err.contains("/cfg/hosts.json"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_names_and_bad_ports_should_be_refused() {
+        let dup = r#"{"hosts": [{"name": "a", "hostname": "h", "username": "u"},
+                                 {"name": "a", "hostname": "h2", "username": "u"}]}"#;
+        assert!(
+            parse(dup)
+                .unwrap_err()
+                .to_string()
+                .contains("duplicate host name \"a\"")
+        );
+        for port in ["0", "65536", "99999"] {
+            let text = format!(
+                r#"{{"hosts": [{{"name": "a", "hostname": "h", "username": "u", "port": {port}}}]}}"#
+            );
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("out of range"), "{err}");
+            assert!(err.contains("host a"), "{err}");
+        }
+    }
+
+    #[test]
+    fn missing_required_field_and_empty_values_should_be_refused() {
+        let err = parse(r#"{"hosts": [{"name": "a", "hostname": "h"}]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing field `username`"), "{err}");
+        let err = parse(r#"{"hosts": [{"name": "a", "hostname": "", "username": "u"}]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hostname must not be empty"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_should_say_config_file_not_found() {
+        let err = Config::load(Path::new("/nonexistent/hosts.json"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "Config file not found: /nonexistent/hosts.json");
+    }
+
+    #[test]
+    fn world_readable_file_with_password_should_warn() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts.json");
+        std::fs::write(
+            &path,
+            r#"{"hosts": [{"name": "a", "hostname": "h", "username": "u", "password": "pw"}]}"#,
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let cfg = Config::load(&path).unwrap();
+        assert!(cfg.warnings[0].contains("chmod 600"), "{:?}", cfg.warnings);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Config::load(&path).unwrap().warnings.is_empty());
+    }
+}

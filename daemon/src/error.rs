@@ -1,0 +1,58 @@
+//! The daemon's error type and its one mapping to gRPC status codes.
+
+use std::path::PathBuf;
+
+use tonic::{Code, Status};
+
+use crate::ssh::SshError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown host {name:?}: hosts configured in {}: {}", config.display(), if known.is_empty() { "none".to_string() } else { known.join(", ") })]
+    UnknownHost {
+        name: String,
+        known: Vec<String>,
+        config: PathBuf,
+    },
+    #[error(transparent)]
+    Ssh(Box<SshError>),
+    #[error("mcp-sshd is shutting down; retry in a moment")]
+    ShuttingDown,
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    Incompatible(String),
+}
+
+impl From<SshError> for Error {
+    fn from(e: SshError) -> Error {
+        Error::Ssh(Box::new(e))
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        let code = match &e {
+            Error::UnknownHost { .. } => Code::NotFound,
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::ShuttingDown => Code::Unavailable,
+            Error::Incompatible(_) => Code::FailedPrecondition,
+            Error::Ssh(ssh) => match ssh.as_ref() {
+                SshError::Connect { .. }
+                | SshError::ConnectTimeout { .. }
+                | SshError::Protocol { .. }
+                | SshError::ConnectionLost { .. } => Code::Unavailable,
+                SshError::HostKeyUnknown { .. }
+                | SshError::HostKeyChanged { .. }
+                | SshError::HostKeyRevoked { .. }
+                | SshError::IdentityNotFound(_)
+                | SshError::IdentityUnreadable { .. } => Code::FailedPrecondition,
+                SshError::AuthFailed { .. } => Code::Unauthenticated,
+                SshError::ChannelOpen { .. } => Code::ResourceExhausted,
+                SshError::InactivityTimeout { .. } => Code::DeadlineExceeded,
+                SshError::Cancelled { .. } => Code::Cancelled,
+            },
+        };
+        Status::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,105 @@
+//! mcp-sshd: the per-user daemon that owns SSH connections and serves them over gRPC on a
+//! private Unix socket. `main.rs` only parses arguments and sets up logging; [`run`] is the daemon.
+
+pub mod config;
+pub mod error;
+pub mod listener;
+pub mod registry;
+pub mod service;
+pub mod ssh;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcp_ssh_proto::paths::SocketLocation;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::registry::Registry;
+
+/// How long in-flight calls get to finish after a shutdown request before they are stopped.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+/// How long stopped calls get to report back after the grace period.
+const STOP_WAIT: Duration = Duration::from_secs(12);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Listen(#[from] listener::ListenError),
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+pub struct Options {
+    pub config: Config,
+    pub socket: SocketLocation,
+    pub grace: Duration,
+}
+
+/// Runs the daemon until `shutdown` fires (or a client calls Shutdown), then drains: in-flight
+/// calls get `grace` to finish, are then stopped remotely, SSH connections are closed and the
+/// socket is removed.
+pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    let (_lock, listener) = listener::listen(&opts.socket)?;
+    let socket_path: PathBuf = opts.socket.socket.clone();
+    for warning in &opts.config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let registry = Arc::new(Registry::new(opts.config, socket_path.clone()));
+    tracing::info!(
+        pid = std::process::id(),
+        socket = %socket_path.display(),
+        config = %registry.config_path.display(),
+        hosts = registry.hosts().count(),
+        "mcp-sshd {} ready", mcp_ssh_proto::version::PACKAGE_VERSION
+    );
+
+    let detach = {
+        let registry = registry.clone();
+        Arc::new(move |conn_id| registry.detach_connection(conn_id))
+            as Arc<dyn Fn(u64) + Send + Sync>
+    };
+    let incoming = listener::accept_own_uid(listener, detach);
+    let (daemon, hosts, exec) = service::Service::new(registry.clone()).servers();
+    let stop_accepting = registry.shutdown_requested.clone();
+    let server = tonic::transport::Server::builder()
+        .add_service(daemon)
+        .add_service(hosts)
+        .add_service(exec)
+        .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
+    let mut server = tokio::spawn(server);
+
+    tokio::select! {
+        () = shutdown.cancelled() => stop_accepting.cancel(),
+        () = stop_accepting.cancelled() => {}
+        result = &mut server => {
+            // The server only ends on its own when it failed.
+            listener::remove_socket(&socket_path);
+            return match result {
+                Ok(r) => r.map_err(DaemonError::from),
+                Err(join) => {
+                    tracing::error!("server task failed: {join}");
+                    Ok(())
+                }
+            };
+        }
+    }
+    tracing::info!(
+        "shutting down: waiting up to {} s for in-flight calls",
+        opts.grace.as_secs()
+    );
+    if tokio::time::timeout(opts.grace, &mut server).await.is_err() {
+        tracing::info!("grace period over: stopping in-flight commands");
+        registry.shutdown_now.cancel();
+        if tokio::time::timeout(STOP_WAIT, &mut server).await.is_err() {
+            server.abort();
+        }
+    }
+    registry.close_all().await;
+    listener::remove_socket(&socket_path);
+    tracing::info!("mcp-sshd stopped");
+    Ok(())
+}

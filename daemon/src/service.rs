@@ -1,0 +1,303 @@
+//! The gRPC services: the only place that converts between protobuf types and the daemon's own.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mcp_ssh_proto::pb::{self, run_event};
+use mcp_ssh_proto::version::{self, PROTO_MAJOR, PROTO_MINOR};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::listener::PeerInfo;
+use crate::registry::{ClientRecord, ConnState, HostSnapshot, Registry};
+use crate::ssh::{ExecRequest, Output};
+
+#[derive(Clone)]
+pub struct Service {
+    registry: Arc<Registry>,
+}
+
+impl Service {
+    pub fn new(registry: Arc<Registry>) -> Service {
+        Service { registry }
+    }
+
+    /// Servers for all services, ready for `Server::builder().add_service(..)`.
+    pub fn servers(
+        self,
+    ) -> (
+        pb::daemon_server::DaemonServer<Service>,
+        pb::hosts_server::HostsServer<Service>,
+        pb::exec_server::ExecServer<Service>,
+    ) {
+        (
+            pb::daemon_server::DaemonServer::new(self.clone()),
+            pb::hosts_server::HostsServer::new(self.clone()),
+            pb::exec_server::ExecServer::new(self),
+        )
+    }
+
+    fn refuse_when_shutting_down(&self) -> Result<(), Status> {
+        if self.registry.shutdown_requested.is_cancelled() {
+            return Err(Error::ShuttingDown.into());
+        }
+        Ok(())
+    }
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn host_state(s: HostSnapshot) -> pb::HostState {
+    let state = match s.state {
+        ConnState::Disconnected => pb::ConnectionState::Disconnected,
+        ConnState::Connecting => pb::ConnectionState::Connecting,
+        ConnState::Connected => pb::ConnectionState::Connected,
+        ConnState::Failed => pb::ConnectionState::Failed,
+    };
+    pb::HostState {
+        name: s.name,
+        hostname: s.hostname,
+        port: u32::from(s.port),
+        username: s.username,
+        state: state as i32,
+        since_unix_ms: unix_ms(s.since),
+        channels_in_use: s.channels_in_use,
+        channel_limit: s.channel_limit,
+        last_error: s.last_error.unwrap_or_default(),
+        server_version: s.server_version,
+        host_key_fingerprint: s.host_key_fingerprint,
+        connections_opened: s.connections_opened,
+        restricted: s.restricted,
+    }
+}
+
+fn client_info(c: ClientRecord) -> pb::AttachedClient {
+    pb::AttachedClient {
+        client_id: c.id,
+        kind: c.kind,
+        name: c.name,
+        version: c.version,
+        pid: c.pid,
+        attached_at_unix_ms: unix_ms(c.attached_at),
+    }
+}
+
+fn peer<T>(req: &Request<T>) -> Option<PeerInfo> {
+    req.extensions().get::<PeerInfo>().copied()
+}
+
+#[tonic::async_trait]
+impl pb::daemon_server::Daemon for Service {
+    async fn hello(
+        &self,
+        req: Request<pb::HelloRequest>,
+    ) -> Result<Response<pb::HelloReply>, Status> {
+        let peer = peer(&req);
+        let hello = req.into_inner();
+        if !version::is_compatible(hello.proto_major) {
+            return Err(Error::Incompatible(format!(
+                "mcp-sshd {} speaks protocol v{PROTO_MAJOR}, the client speaks v{}; restart the daemon \
+                 with the matching version (`mcp-sshctl stop`, then retry)",
+                version::PACKAGE_VERSION,
+                hello.proto_major
+            ))
+            .into());
+        }
+        let client_id = self.registry.attach_client(ClientRecord {
+            id: 0,
+            kind: hello.kind,
+            name: if hello.client_name.is_empty() {
+                "unknown".into()
+            } else {
+                hello.client_name
+            },
+            version: hello.client_version,
+            pid: hello.pid,
+            attached_at: SystemTime::now(),
+            conn_id: peer.map(|p| p.conn_id).unwrap_or(0),
+        });
+        Ok(Response::new(pb::HelloReply {
+            daemon_version: version::PACKAGE_VERSION.into(),
+            proto_major: PROTO_MAJOR,
+            proto_minor: PROTO_MINOR,
+            capabilities: version::CAPABILITIES
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            daemon_pid: std::process::id(),
+            started_at_unix_ms: unix_ms(self.registry.started_at),
+            client_id,
+            config_path: self.registry.config_path.display().to_string(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        let r = &self.registry;
+        Ok(Response::new(pb::StatusReply {
+            daemon_version: version::PACKAGE_VERSION.into(),
+            pid: std::process::id(),
+            started_at_unix_ms: unix_ms(r.started_at),
+            uptime_ms: u64::try_from(r.started_at.elapsed().unwrap_or_default().as_millis())
+                .unwrap_or(u64::MAX),
+            socket_path: r.socket_path.display().to_string(),
+            config_path: r.config_path.display().to_string(),
+            hosts: r.hosts().map(|h| host_state(h.snapshot())).collect(),
+            clients: r.clients().into_iter().map(client_info).collect(),
+            warnings: r.warnings.clone(),
+            proto_major: PROTO_MAJOR,
+            proto_minor: PROTO_MINOR,
+        }))
+    }
+
+    async fn shutdown(
+        &self,
+        _req: Request<pb::ShutdownRequest>,
+    ) -> Result<Response<pb::ShutdownReply>, Status> {
+        tracing::info!("shutdown requested over the socket");
+        self.registry.shutdown_requested.cancel();
+        Ok(Response::new(pb::ShutdownReply {}))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::hosts_server::Hosts for Service {
+    async fn list_hosts(
+        &self,
+        _req: Request<pb::ListHostsRequest>,
+    ) -> Result<Response<pb::ListHostsReply>, Status> {
+        let hosts = self
+            .registry
+            .hosts()
+            .map(|h| host_state(h.snapshot()))
+            .collect();
+        Ok(Response::new(pb::ListHostsReply { hosts }))
+    }
+
+    async fn probe(
+        &self,
+        req: Request<pb::ProbeRequest>,
+    ) -> Result<Response<pb::ProbeReply>, Status> {
+        self.refuse_when_shutting_down()?;
+        let host = self.registry.host(&req.into_inner().host)?;
+        host.connection().await?;
+        Ok(Response::new(pb::ProbeReply {
+            host: Some(host_state(host.snapshot())),
+        }))
+    }
+
+    async fn disconnect(
+        &self,
+        req: Request<pb::DisconnectRequest>,
+    ) -> Result<Response<pb::DisconnectReply>, Status> {
+        let who = peer(&req)
+            .and_then(|p| self.registry.client_for_connection(p.conn_id))
+            .map(|c| format!("{} (pid {})", c.name, c.pid))
+            .unwrap_or_else(|| "a client".into());
+        let host = self.registry.host(&req.into_inner().host)?;
+        let (was_connected, busy) = host
+            .disconnect(&format!("disconnected at the request of {who}"))
+            .await;
+        Ok(Response::new(pb::DisconnectReply {
+            was_connected,
+            interrupted_calls: busy,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::exec_server::Exec for Service {
+    type RunStream = ReceiverStream<Result<pb::RunEvent, Status>>;
+
+    async fn run(&self, req: Request<pb::RunRequest>) -> Result<Response<Self::RunStream>, Status> {
+        self.refuse_when_shutting_down()?;
+        let req = req.into_inner();
+        let host = self.registry.host(&req.host)?;
+        if req.command.trim().is_empty() {
+            return Err(Error::InvalidArgument("command must not be empty".into()).into());
+        }
+        if req.command.contains('\0') || req.cwd.contains('\0') {
+            return Err(Error::InvalidArgument(
+                "command and cwd must not contain NUL bytes".into(),
+            )
+            .into());
+        }
+        let idle_timeout = match req.timeout_secs {
+            0 => host.config.command_timeout,
+            secs => Duration::from_secs(u64::from(secs)),
+        };
+        let exec = ExecRequest {
+            command: req.command,
+            cwd: (!req.cwd.is_empty()).then_some(req.cwd),
+            idle_timeout,
+        };
+        let shutdown = self.registry.shutdown_now.clone();
+        let (tx, rx) = mpsc::channel(32);
+        tokio::spawn(async move {
+            let (out_tx, mut out_rx) = mpsc::channel::<Output>(32);
+            let started_tx = tx.clone();
+            let run = async move {
+                let on_started = |connected_now| {
+                    let started = pb::RunEvent {
+                        event: Some(run_event::Event::Started(pb::Started { connected_now })),
+                    };
+                    let _ = started_tx.try_send(Ok(started));
+                };
+                host.exec(&exec, &out_tx, &shutdown, on_started).await
+            };
+            tokio::pin!(run);
+            // Forward output until the command ends; if the caller goes away, close the output
+            // channel so the command sees it and is stopped remotely.
+            let mut caller_gone = false;
+            let result = loop {
+                tokio::select! {
+                    result = &mut run => break result,
+                    Some(out) = out_rx.recv() => {
+                        if tx.send(Ok(output_event(out))).await.is_err() {
+                            caller_gone = true;
+                            out_rx.close();
+                        }
+                    }
+                    () = tx.closed(), if !caller_gone => {
+                        tracing::debug!("caller dropped the exec stream; stopping the command");
+                        caller_gone = true;
+                        out_rx.close();
+                    }
+                }
+            };
+            while let Ok(out) = out_rx.try_recv() {
+                let _ = tx.send(Ok(output_event(out))).await;
+            }
+            let last = match result {
+                Ok(outcome) => Ok(pb::RunEvent {
+                    event: Some(run_event::Event::Exit(pb::Exit {
+                        code: outcome.code,
+                        signal: outcome.signal.unwrap_or_default(),
+                        core_dumped: outcome.core_dumped,
+                        duration_ms: u64::try_from(outcome.duration.as_millis())
+                            .unwrap_or(u64::MAX),
+                    })),
+                }),
+                Err(e) => Err(Status::from(e)),
+            };
+            let _ = tx.send(last).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn output_event(out: Output) -> pb::RunEvent {
+    let event = match out {
+        Output::Stdout(data) => run_event::Event::Stdout(data),
+        Output::Stderr(data) => run_event::Event::Stderr(data),
+    };
+    pb::RunEvent { event: Some(event) }
+}

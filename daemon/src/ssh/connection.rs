@@ -1,0 +1,451 @@
+//! One SSH connection to one configured host: connect with a deadline on every stage, verify the
+//! host key, authenticate, then hand out channels within the host's session budget.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use russh::client::{self, DisconnectReason, Handle, Msg, Session};
+use russh::keys::{HashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::{Channel, ChannelOpenFailure, Disconnect};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::known_hosts::{self, Verdict};
+use super::{SshError, auth};
+use crate::config::HostConfig;
+
+/// How long a refused channel open is retried before giving up; the server may be at its own
+/// `MaxSessions` because of sessions that are not ours (another client's shell, say).
+const CHANNEL_RETRY_WINDOW: Duration = Duration::from_secs(30);
+/// A deadline on SSH disconnect so a hung server cannot stall a disconnect or shutdown.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What we learned about the server while connecting.
+#[derive(Debug, Clone, Default)]
+pub struct ServerInfo {
+    pub server_version: String,
+    pub host_key_algorithm: String,
+    pub host_key_fingerprint: String,
+    pub cipher: String,
+}
+
+/// State shared between the russh handler (which runs in russh's session task) and us.
+#[derive(Default)]
+struct Shared {
+    info: Mutex<ServerInfo>,
+    /// Set when the host key check refused the server, so the user sees why.
+    key_refusal: Mutex<Option<SshError>>,
+    lost_reason: Mutex<Option<String>>,
+    lost: CancellationToken,
+}
+
+struct Handler {
+    host: Arc<HostConfig>,
+    shared: Arc<Shared>,
+}
+
+impl client::Handler for Handler {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        offered: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let key = match offered {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
+            PublicKeyOrCertificate::Certificate(cert) => PublicKey::from(cert.public_key().clone()),
+        };
+        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        let algorithm = key.algorithm().as_str().to_string();
+        {
+            let mut info = lock(&self.shared.info);
+            info.host_key_fingerprint = fingerprint.clone();
+            info.host_key_algorithm = algorithm.clone();
+        }
+        let host = &self.host;
+        if host.auto_accept_host_key {
+            tracing::info!(host = %host.name, %algorithm, %fingerprint, "host key accepted without verification (auto_accept_host_key)");
+            return Ok(true);
+        }
+        let refusal =
+            match known_hosts::check(&host.known_hosts_files, &host.hostname, host.port, &key) {
+                Verdict::Known => {
+                    tracing::debug!(host = %host.name, %fingerprint, "host key verified");
+                    return Ok(true);
+                }
+                Verdict::Unknown => SshError::HostKeyUnknown {
+                    host: host.name.clone(),
+                    target: host.target(),
+                    hostname: host.hostname.clone(),
+                    port: host.port,
+                    algorithm,
+                    fingerprint,
+                    ssh_command: ssh_command(host),
+                    known_hosts: known_hosts::primary_file(&host.known_hosts_files)
+                        .display()
+                        .to_string(),
+                },
+                Verdict::Changed { path, line } => SshError::HostKeyChanged {
+                    host: host.name.clone(),
+                    target: host.target(),
+                    algorithm,
+                    fingerprint,
+                    path: path.display().to_string(),
+                    line,
+                    pattern: known_hosts::host_pattern(&host.hostname, host.port),
+                },
+                Verdict::Revoked { path, line } => SshError::HostKeyRevoked {
+                    host: host.name.clone(),
+                    target: host.target(),
+                    fingerprint,
+                    path: path.display().to_string(),
+                    line,
+                },
+            };
+        tracing::warn!(host = %host.name, "{refusal}");
+        *lock(&self.shared.key_refusal) = Some(refusal);
+        Ok(false)
+    }
+
+    async fn kex_done(
+        &mut self,
+        _shared_secret: Option<&[u8]>,
+        names: &russh::Names,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let mut info = lock(&self.shared.info);
+        info.server_version = String::from_utf8_lossy(session.remote_sshid())
+            .trim()
+            .to_string();
+        info.cipher = names.cipher.as_ref().to_string();
+        Ok(())
+    }
+
+    async fn disconnected(
+        &mut self,
+        reason: DisconnectReason<Self::Error>,
+    ) -> Result<(), Self::Error> {
+        let (text, result) = match reason {
+            DisconnectReason::ReceivedDisconnect(info) => (
+                format!("server closed the connection ({})", info.message),
+                Ok(()),
+            ),
+            DisconnectReason::Error(e) => (describe_russh_error(&e), Err(e)),
+        };
+        tracing::info!(host = %self.host.name, "SSH connection ended: {text}");
+        lock(&self.shared.lost_reason).get_or_insert(text);
+        self.shared.lost.cancel();
+        result
+    }
+}
+
+/// A live, authenticated connection.
+pub struct Connection {
+    handle: Handle<Handler>,
+    host: Arc<HostConfig>,
+    shared: Arc<Shared>,
+    /// Channel budget for commands (and later SFTP): the host's `max_sessions` minus one slot
+    /// kept for stopping commands, so a full budget can never block its own cleanup.
+    work: Arc<Semaphore>,
+    control: Arc<Semaphore>,
+    work_limit: AtomicU32,
+    in_use: Arc<AtomicU32>,
+    pub connected_at: SystemTime,
+}
+
+/// A channel slot; frees itself (and the count shown by `status`) on drop.
+pub struct ChannelSlot {
+    _permit: Option<OwnedSemaphorePermit>,
+    in_use: Arc<AtomicU32>,
+}
+
+impl Drop for ChannelSlot {
+    fn drop(&mut self) {
+        self.in_use.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Connection {
+    /// Opens a connection to `host`, bounded by its `connect_timeout` as a whole.
+    pub async fn open(host: Arc<HostConfig>) -> Result<Connection, SshError> {
+        let deadline = host.connect_timeout;
+        let target = host.target();
+        let stage = Arc::new(Mutex::new("TCP connect"));
+        let attempt = Self::open_inner(host, stage.clone());
+        match tokio::time::timeout(deadline, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(SshError::ConnectTimeout {
+                target,
+                secs: deadline.as_secs(),
+                stage: *lock(&stage),
+            }),
+        }
+    }
+
+    async fn open_inner(
+        host: Arc<HostConfig>,
+        stage: Arc<Mutex<&'static str>>,
+    ) -> Result<Connection, SshError> {
+        let target = host.target();
+        let tcp = TcpStream::connect((host.hostname.as_str(), host.port))
+            .await
+            .map_err(|source| SshError::Connect {
+                target: target.clone(),
+                source,
+            })?;
+        // Without TCP_NODELAY every small exchange waits for delayed ACKs (~40 ms per command).
+        tcp.set_nodelay(true).map_err(|source| SshError::Connect {
+            target: target.clone(),
+            source,
+        })?;
+        *lock(&stage) = "key exchange";
+        let config = Arc::new(client::Config {
+            nodelay: true,
+            keepalive_interval: host.keepalive_interval,
+            keepalive_max: host.keepalive_max,
+            inactivity_timeout: None,
+            ..Default::default()
+        });
+        let shared = Arc::new(Shared::default());
+        let handler = Handler {
+            host: host.clone(),
+            shared: shared.clone(),
+        };
+        let mut handle = match client::connect_stream(config, tcp, handler).await {
+            Ok(handle) => handle,
+            Err(e) => {
+                if let Some(refusal) = lock(&shared.key_refusal).take() {
+                    return Err(refusal);
+                }
+                return Err(SshError::Protocol {
+                    target,
+                    message: describe_russh_error(&e),
+                });
+            }
+        };
+        *lock(&stage) = "authentication";
+        auth::authenticate(&mut handle, &host).await?;
+        let budget = host.max_sessions;
+        let (work, control) = if budget >= 2 {
+            (budget - 1, 1)
+        } else {
+            (budget, 0)
+        };
+        let info = lock(&shared.info).clone();
+        tracing::info!(
+            host = %host.name, server = %info.server_version, cipher = %info.cipher,
+            host_key = %info.host_key_fingerprint, "connected to {target}"
+        );
+        Ok(Connection {
+            handle,
+            host,
+            shared,
+            work: Arc::new(Semaphore::new(work as usize)),
+            control: Arc::new(Semaphore::new(control as usize)),
+            work_limit: AtomicU32::new(work),
+            in_use: Arc::new(AtomicU32::new(0)),
+            connected_at: SystemTime::now(),
+        })
+    }
+
+    pub fn host(&self) -> &HostConfig {
+        &self.host
+    }
+
+    pub fn info(&self) -> ServerInfo {
+        lock(&self.shared.info).clone()
+    }
+
+    pub fn is_alive(&self) -> bool {
+        !self.shared.lost.is_cancelled() && !self.handle.is_closed()
+    }
+
+    /// Why the connection ended, if it did.
+    pub fn lost_reason(&self) -> Option<String> {
+        if self.is_alive() {
+            return None;
+        }
+        Some(
+            lock(&self.shared.lost_reason)
+                .clone()
+                .unwrap_or_else(|| "connection closed".into()),
+        )
+    }
+
+    /// Resolves when the connection is gone (keepalive failure, EOF, or [`Connection::close`]).
+    pub async fn lost(&self) {
+        self.shared.lost.cancelled().await;
+    }
+
+    pub fn lost_error(&self) -> SshError {
+        SshError::ConnectionLost {
+            target: self.host.target(),
+            reason: self
+                .lost_reason()
+                .unwrap_or_else(|| "connection closed".into()),
+        }
+    }
+
+    pub fn channels_in_use(&self) -> u32 {
+        self.in_use.load(Ordering::Relaxed)
+    }
+
+    pub fn channel_limit(&self) -> u32 {
+        self.work_limit.load(Ordering::Relaxed)
+    }
+
+    /// Closes the connection; in-flight calls see "connection lost: `reason`".
+    pub async fn close(&self, reason: &str) {
+        lock(&self.shared.lost_reason).get_or_insert_with(|| reason.to_string());
+        self.shared.lost.cancel();
+        let bye = self
+            .handle
+            .disconnect(Disconnect::ByApplication, reason, "en");
+        let _ = tokio::time::timeout(DISCONNECT_TIMEOUT, bye).await;
+    }
+
+    /// Opens a session channel for work (a command), waiting for a free slot in the budget.
+    pub async fn open_work_channel(&self) -> Result<(Channel<Msg>, ChannelSlot), SshError> {
+        let permit = tokio::select! {
+            permit = self.work.clone().acquire_owned() => permit.ok(),
+            () = self.lost() => return Err(self.lost_error()),
+        };
+        self.open_channel(permit, true).await
+    }
+
+    /// Opens a session channel from the reserved control slot (used to stop commands).
+    pub async fn open_control_channel(&self) -> Result<(Channel<Msg>, ChannelSlot), SshError> {
+        // With max_sessions = 1 there is no reserved slot; try anyway, the server may allow it.
+        let permit = if self.host.max_sessions < 2 {
+            None
+        } else {
+            tokio::select! {
+                permit = self.control.clone().acquire_owned() => permit.ok(),
+                () = self.lost() => return Err(self.lost_error()),
+            }
+        };
+        self.open_channel(permit, false).await
+    }
+
+    async fn open_channel(
+        &self,
+        mut permit: Option<OwnedSemaphorePermit>,
+        learn_limit: bool,
+    ) -> Result<(Channel<Msg>, ChannelSlot), SshError> {
+        let target = self.host.target();
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let open = tokio::time::timeout(
+                self.host.connect_timeout,
+                self.handle.channel_open_session(),
+            );
+            let failure = tokio::select! {
+                result = open => match result {
+                    Ok(Ok(channel)) => {
+                        self.in_use.fetch_add(1, Ordering::Relaxed);
+                        let slot = ChannelSlot { _permit: permit, in_use: self.in_use.clone() };
+                        return Ok((channel, slot));
+                    }
+                    Ok(Err(e)) => e,
+                    Err(_) => {
+                        return Err(SshError::ChannelOpen {
+                            target,
+                            reason: format!("no answer within {} s", self.host.connect_timeout.as_secs()),
+                        });
+                    }
+                },
+                () = self.lost() => return Err(self.lost_error()),
+            };
+            // A refused channel is not a dead connection: the server is at its MaxSessions.
+            let refused = matches!(
+                failure,
+                russh::Error::ChannelOpenFailure(
+                    ChannelOpenFailure::ConnectFailed | ChannelOpenFailure::ResourceShortage
+                )
+            );
+            if !refused {
+                return Err(if self.is_alive() {
+                    SshError::ChannelOpen {
+                        target,
+                        reason: describe_russh_error(&failure),
+                    }
+                } else {
+                    self.lost_error()
+                });
+            }
+            if learn_limit && self.shrink_budget() {
+                // Our permit now stands for a slot the server does not grant: give it up and
+                // queue again behind the smaller budget.
+                if let Some(p) = permit.take() {
+                    p.forget();
+                }
+                permit = tokio::select! {
+                    p = self.work.clone().acquire_owned() => p.ok(),
+                    () = self.lost() => return Err(self.lost_error()),
+                };
+            }
+            if started.elapsed() > CHANNEL_RETRY_WINDOW {
+                return Err(SshError::ChannelOpen {
+                    target,
+                    reason: "the server kept refusing new sessions (MaxSessions reached?)".into(),
+                });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Lowers the work budget by one after the server refused a channel we had a permit for.
+    fn shrink_budget(&self) -> bool {
+        let shrunk = self
+            .work_limit
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n > 1).then(|| n - 1)
+            })
+            .is_ok();
+        if shrunk {
+            tracing::warn!(
+                host = %self.host.name,
+                "server refused a session channel; lowering this connection's budget to {}",
+                self.channel_limit()
+            );
+        }
+        shrunk
+    }
+}
+
+/// The `ssh` command line that would add this host's key to known_hosts.
+fn ssh_command(host: &HostConfig) -> String {
+    let port = if host.port == 22 {
+        String::new()
+    } else {
+        format!("-p {} ", host.port)
+    };
+    format!("ssh {port}{}@{}", host.username, host.hostname)
+}
+
+/// russh's errors, phrased for people.
+pub(crate) fn describe_russh_error(e: &russh::Error) -> String {
+    match e {
+        russh::Error::KeepaliveTimeout => {
+            "no answer to keepalives (network down or server hung)".into()
+        }
+        russh::Error::InactivityTimeout => "inactivity timeout".into(),
+        russh::Error::IO(io) => io.to_string(),
+        russh::Error::Disconnect => "disconnected".into(),
+        russh::Error::SendError => "the connection is closed".into(),
+        russh::Error::UnknownKey => "host key refused".into(),
+        russh::Error::NoCommonAlgo { kind, ours, theirs } => {
+            format!("no common {kind:?} algorithm (ours: {ours:?}; server: {theirs:?})")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Locks a std mutex, recovering the data if a panicking thread poisoned it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,336 @@
+//! One remote command: run it on its own channel, stream its output, and stop it for real when it
+//! goes quiet for too long or its caller goes away.
+//!
+//! Closing a channel does not stop a non-pty command, and OpenSSH ignores the SSH `signal`
+//! request for root logins. So the command is wrapped to report its process group first
+//! (sshd makes the login shell a session leader, so its pid is the group id), and stopping
+//! kills that group through a second channel: TERM, a grace period, then KILL, then a check.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use russh::{ChannelMsg, Sig};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::connection::ChannelSlot;
+use super::{Connection, SshError};
+
+/// How long a stopped command gets between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+/// Bound on the whole stop procedure, so a hung server cannot hold a caller.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
+/// Marks the first line of stdout, which carries the process group id.
+const MARKER_START: &[u8] = b"\x1eMCPSSH-PGID ";
+const MARKER_MAX: usize = 64;
+
+pub struct ExecRequest {
+    pub command: String,
+    pub cwd: Option<String>,
+    pub idle_timeout: Duration,
+}
+
+/// A piece of output, in arrival order.
+#[derive(Debug)]
+pub enum Output {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutcome {
+    pub code: Option<i32>,
+    pub signal: Option<String>,
+    pub core_dumped: bool,
+    pub duration: Duration,
+}
+
+/// Whether a stopped command is known to be gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopOutcome {
+    /// The remote process group was checked and is gone.
+    Confirmed,
+    /// It may still be running; the reason says why we could not tell.
+    Unconfirmed(String),
+}
+
+impl fmt::Display for StopOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StopOutcome::Confirmed => write!(f, "remote process stopped (confirmed)"),
+            StopOutcome::Unconfirmed(why) => {
+                write!(f, "it may still be running on the host ({why})")
+            }
+        }
+    }
+}
+
+/// Why a running command is being stopped.
+enum StopCause {
+    Idle,
+    CallerGone,
+    Shutdown,
+}
+
+/// Runs `req` on `conn` over `channel` (a work channel of `conn`, opened by the caller so it can
+/// reconnect when opening fails, before anything ran), sending output to `sink` as it arrives.
+///
+/// The command is stopped remotely when no output arrives for `req.idle_timeout`, when `sink` is
+/// closed (the caller went away), or when `shutdown` fires.
+pub async fn run(
+    conn: &Connection,
+    (mut channel, _slot): (russh::Channel<russh::client::Msg>, ChannelSlot),
+    req: &ExecRequest,
+    sink: &mpsc::Sender<Output>,
+    shutdown: &CancellationToken,
+) -> Result<ExecOutcome, SshError> {
+    let started = Instant::now();
+    let script = wrap_command(&req.command, req.cwd.as_deref());
+    channel
+        .exec(true, script.into_bytes())
+        .await
+        .map_err(|_| conn.lost_error())?;
+
+    let mut marker = Marker::default();
+    let mut outcome = ExecOutcome {
+        code: None,
+        signal: None,
+        core_dumped: false,
+        duration: Duration::ZERO,
+    };
+    let idle = tokio::time::sleep(req.idle_timeout);
+    tokio::pin!(idle);
+    let cause = loop {
+        tokio::select! {
+            msg = channel.wait() => match msg {
+                Some(ChannelMsg::Data { data }) => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + req.idle_timeout);
+                    if let Some(bytes) = marker.feed(&data)
+                        && sink.send(Output::Stdout(bytes)).await.is_err() {
+                            break StopCause::CallerGone;
+                        }
+                }
+                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + req.idle_timeout);
+                    if sink.send(Output::Stderr(data.to_vec())).await.is_err() {
+                        break StopCause::CallerGone;
+                    }
+                }
+                Some(ChannelMsg::ExitStatus { exit_status }) => {
+                    outcome.code = Some(i32::try_from(exit_status).unwrap_or(i32::MAX));
+                }
+                Some(ChannelMsg::ExitSignal { signal_name, core_dumped, .. }) => {
+                    outcome.signal = Some(signal_text(&signal_name));
+                    outcome.core_dumped = core_dumped;
+                }
+                Some(ChannelMsg::Close) | None => {
+                    if let Some(rest) = marker.finish() {
+                        let _ = sink.send(Output::Stdout(rest)).await;
+                    }
+                    if outcome.code.is_none() && outcome.signal.is_none() && !conn.is_alive() {
+                        return Err(conn.lost_error());
+                    }
+                    outcome.duration = started.elapsed();
+                    return Ok(outcome);
+                }
+                Some(_) => {}
+            },
+            () = &mut idle => break StopCause::Idle,
+            () = sink.closed() => break StopCause::CallerGone,
+            () = shutdown.cancelled() => break StopCause::Shutdown,
+            () = conn.lost() => return Err(conn.lost_error()),
+        }
+    };
+    let stop = stop(conn, &mut channel, marker.pgid).await;
+    Err(match cause {
+        StopCause::Idle => SshError::InactivityTimeout {
+            idle: req.idle_timeout,
+            stop,
+        },
+        StopCause::CallerGone => SshError::Cancelled {
+            why: "the caller went away",
+            stop,
+        },
+        StopCause::Shutdown => SshError::Cancelled {
+            why: "the daemon is shutting down",
+            stop,
+        },
+    })
+}
+
+/// The script sent to the login shell: report the process group, change directory, run.
+/// The user's command goes last on its own line, untouched, so its syntax is the shell's.
+fn wrap_command(command: &str, cwd: Option<&str>) -> String {
+    let mut script = String::from("printf '\\036MCPSSH-PGID %s\\036\\n' \"$$\"\n");
+    if let Some(dir) = cwd {
+        script.push_str(&format!("cd -- {} || exit 1\n", shell_quote(dir)));
+    }
+    script.push_str(command);
+    script
+}
+
+/// Quotes `s` as one POSIX shell word.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Stops the command: SSH signal (enough for non-root logins), then kill the process group
+/// through a control channel, which also works for root logins.
+async fn stop(
+    conn: &Connection,
+    channel: &mut russh::Channel<russh::client::Msg>,
+    pgid: Option<u32>,
+) -> StopOutcome {
+    let _ = channel.signal(Sig::TERM).await;
+    let attempt = async {
+        match pgid {
+            Some(pgid) => kill_group(conn, pgid).await,
+            None => {
+                // No group id (the wrapper never ran): all we can do is signal and watch.
+                let _ = channel.signal(Sig::KILL).await;
+                match tokio::time::timeout(STOP_GRACE, wait_closed(channel)).await {
+                    Ok(()) => StopOutcome::Confirmed,
+                    Err(_) => StopOutcome::Unconfirmed("its process id was never reported".into()),
+                }
+            }
+        }
+    };
+    let outcome = tokio::time::timeout(STOP_DEADLINE, attempt)
+        .await
+        .unwrap_or_else(|_| StopOutcome::Unconfirmed("the host did not answer in time".into()));
+    let _ = channel.close().await;
+    outcome
+}
+
+async fn wait_closed(channel: &mut russh::Channel<russh::client::Msg>) {
+    while let Some(msg) = channel.wait().await {
+        if matches!(msg, ChannelMsg::Close) {
+            break;
+        }
+    }
+}
+
+async fn kill_group(conn: &Connection, pgid: u32) -> StopOutcome {
+    let tenths = STOP_GRACE.as_millis() / 100;
+    let script = format!(
+        "p={pgid}; kill -s TERM -{pgid} 2>/dev/null || {{ echo gone; exit 0; }}; i=0; \
+         while kill -s 0 -$p 2>/dev/null; do \
+           if [ $i -ge {tenths} ]; then kill -s KILL -$p 2>/dev/null; sleep 1; break; fi; \
+           sleep 0.1 2>/dev/null || sleep 1; i=$((i+1)); \
+         done; \
+         if kill -s 0 -$p 2>/dev/null; then echo alive; else echo gone; fi"
+    );
+    let (mut control, _slot) = match conn.open_control_channel().await {
+        Ok(opened) => opened,
+        Err(e) => {
+            return StopOutcome::Unconfirmed(format!("could not reach the host to stop it: {e}"));
+        }
+    };
+    if control.exec(true, script.into_bytes()).await.is_err() {
+        return StopOutcome::Unconfirmed("could not run kill on the host".into());
+    }
+    let mut answer = Vec::new();
+    while let Some(msg) = control.wait().await {
+        match msg {
+            ChannelMsg::Data { data } => answer.extend_from_slice(&data),
+            ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    match String::from_utf8_lossy(&answer).trim() {
+        "gone" => StopOutcome::Confirmed,
+        "alive" => StopOutcome::Unconfirmed(format!("process group {pgid} survived SIGKILL")),
+        other => StopOutcome::Unconfirmed(format!("unexpected answer from kill: {other:?}")),
+    }
+}
+
+fn signal_text(sig: &Sig) -> String {
+    match sig {
+        Sig::Custom(name) => name.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Strips the process-group line from the start of stdout.
+#[derive(Default)]
+struct Marker {
+    pending: Vec<u8>,
+    done: bool,
+    pgid: Option<u32>,
+}
+
+impl Marker {
+    /// Takes a stdout chunk; returns what should go to the caller, if anything yet.
+    fn feed(&mut self, data: &[u8]) -> Option<Vec<u8>> {
+        if self.done {
+            return Some(data.to_vec());
+        }
+        self.pending.extend_from_slice(data);
+        let newline = self.pending.iter().position(|b| *b == b'\n');
+        match newline {
+            Some(end) => {
+                self.done = true;
+                let line = &self.pending[..end];
+                self.pgid = line
+                    .strip_prefix(MARKER_START)
+                    .and_then(|rest| rest.strip_suffix(b"\x1e"))
+                    .and_then(|digits| std::str::from_utf8(digits).ok())
+                    .and_then(|digits| digits.parse().ok());
+                let mut rest = std::mem::take(&mut self.pending);
+                if self.pgid.is_some() {
+                    rest.drain(..=end);
+                }
+                (!rest.is_empty()).then_some(rest)
+            }
+            None if self.pending.len() > MARKER_MAX
+                || !MARKER_START
+                    .starts_with(&self.pending[..self.pending.len().min(MARKER_START.len())]) =>
+            {
+                self.done = true;
+                Some(std::mem::take(&mut self.pending))
+            }
+            None => None,
+        }
+    }
+
+    /// Whatever was held back when the stream ends.
+    fn finish(&mut self) -> Option<Vec<u8>> {
+        self.done = true;
+        let rest = std::mem::take(&mut self.pending);
+        (!rest.is_empty()).then_some(rest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_should_be_stripped_even_when_split() {
+        let mut m = Marker::default();
+        assert_eq!(m.feed(b"\x1eMCPSSH-PG"), None);
+        assert_eq!(m.feed(b"ID 4242\x1e\nhello"), Some(b"hello".to_vec()));
+        assert_eq!(m.pgid, Some(4242));
+        assert_eq!(m.feed(b" world"), Some(b" world".to_vec()));
+        assert_eq!(m.finish(), None);
+    }
+
+    #[test]
+    fn output_without_marker_should_pass_through() {
+        let mut m = Marker::default();
+        assert_eq!(m.feed(b"plain output\n"), Some(b"plain output\n".to_vec()));
+        assert_eq!(m.pgid, None);
+        let mut m = Marker::default();
+        assert_eq!(m.feed(b"\x1eMCPSSH-PGID 12"), None);
+        assert_eq!(m.finish(), Some(b"\x1eMCPSSH-PGID 12".to_vec()));
+    }
+
+    #[test]
+    fn cwd_should_be_quoted_not_interpolated() {
+        let script = wrap_command("ls", Some("/tmp/it's $(here)"));
+        assert!(
+            script.contains("cd -- '/tmp/it'\\''s $(here)' || exit 1\nls"),
+            "{script}"
+        );
+    }
+}

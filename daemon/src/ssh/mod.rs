@@ -1,0 +1,111 @@
+//! The boundary to russh: the only module tree in the workspace that talks SSH.
+//!
+//! - [`connection`]: TCP, key exchange, host key verdict, authentication, channel budget.
+//! - [`auth`]: the OpenSSH-like order of credentials to try.
+//! - [`known_hosts`]: host key verification against OpenSSH's files.
+//! - [`exec`]: one remote command on a channel, with inactivity timeout and remote stopping.
+
+mod auth;
+pub mod connection;
+pub mod exec;
+pub mod known_hosts;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use connection::Connection;
+pub use exec::{ExecOutcome, ExecRequest, Output, StopOutcome};
+
+/// Everything that can go wrong talking to a host. Messages name the host and say what to do;
+/// none of them ever contains a password or passphrase.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("cannot connect to {target}: {source}")]
+    Connect {
+        target: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "connecting to {target} timed out after {secs} s ({stage}); check the hostname, port and network (connect_timeout)"
+    )]
+    ConnectTimeout {
+        target: String,
+        secs: u64,
+        stage: &'static str,
+    },
+    #[error(
+        "host key of {host} ({target}) is not known: the server offered {algorithm} key {fingerprint}. \
+         If you trust it, add it by connecting once with `{ssh_command}` (or `ssh-keyscan -p {port} {hostname} >> {known_hosts}`), \
+         or set \"auto_accept_host_key\": true for this host if it is an ephemeral cloud machine"
+    )]
+    HostKeyUnknown {
+        host: String,
+        target: String,
+        hostname: String,
+        port: u16,
+        algorithm: String,
+        fingerprint: String,
+        ssh_command: String,
+        known_hosts: String,
+    },
+    #[error(
+        "HOST KEY CHANGED for {host} ({target}): the server offered {algorithm} key {fingerprint}, \
+         which does not match line {line} of {path}. Someone may be intercepting the connection, or the \
+         server was reinstalled. If you are sure the change is expected, remove the old key with \
+         `ssh-keygen -R '{pattern}' -f {path}` and connect once again"
+    )]
+    HostKeyChanged {
+        host: String,
+        target: String,
+        algorithm: String,
+        fingerprint: String,
+        path: String,
+        line: usize,
+        pattern: String,
+    },
+    #[error(
+        "host key of {host} ({target}) {fingerprint} is marked @revoked at line {line} of {path}; refusing to connect"
+    )]
+    HostKeyRevoked {
+        host: String,
+        target: String,
+        fingerprint: String,
+        path: String,
+        line: usize,
+    },
+    #[error("Identity file not found: {0}")]
+    IdentityNotFound(PathBuf),
+    #[error("cannot read identity file {path}: {reason}")]
+    IdentityUnreadable { path: PathBuf, reason: String },
+    #[error("authentication failed for {target} (tried: {tried}){hint}")]
+    AuthFailed {
+        target: String,
+        tried: String,
+        hint: String,
+    },
+    #[error("SSH error with {target}: {message}")]
+    Protocol { target: String, message: String },
+    #[error("connection to {target} lost: {reason}")]
+    ConnectionLost { target: String, reason: String },
+    #[error("could not open a channel to {target}: {reason}")]
+    ChannelOpen { target: String, reason: String },
+    #[error("command produced no output for {} s (inactivity timeout) and was stopped: {stop}", idle.as_secs())]
+    InactivityTimeout { idle: Duration, stop: StopOutcome },
+    #[error("command cancelled ({why}): {stop}")]
+    Cancelled {
+        why: &'static str,
+        stop: StopOutcome,
+    },
+}
+
+impl SshError {
+    /// Whether the command may have started on the remote side (such calls are never retried).
+    pub fn may_have_run(&self) -> bool {
+        matches!(
+            self,
+            SshError::ConnectionLost { .. }
+                | SshError::InactivityTimeout { .. }
+                | SshError::Cancelled { .. }
+        )
+    }
+}

@@ -1,0 +1,407 @@
+//! `mcp-sshctl`: the human's view of and handle on the mcp-ssh daemon.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use mcp_ssh_proto::paths;
+use mcp_ssh_proto::pb::{self, run_event};
+use mcp_ssh_shim::client::{ClientError, ClientKind, ClientOptions, DaemonClient, Identity};
+use serde_json::json;
+
+/// Control and inspect mcp-sshd, the daemon behind mcp-ssh-shim.
+#[derive(Parser, Debug)]
+#[command(name = "mcp-sshctl", version)]
+struct Args {
+    /// hosts.json for a daemon this command starts [default: ~/.config/mcp-ssh/hosts.json]
+    #[arg(long, global = true, env = paths::CONFIG_ENV)]
+    config: Option<PathBuf>,
+    /// Daemon socket [default: per-user runtime directory]
+    #[arg(long, global = true, env = paths::SOCKET_ENV)]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Show the daemon, its hosts and attached clients (never starts a daemon)
+    Status {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// List configured hosts and their connection state
+    Hosts {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command on a host through the daemon's connection; exits with its exit code
+    Exec {
+        /// Host name from hosts.json
+        host: String,
+        /// Inactivity timeout in seconds [default: the host's command_timeout]
+        #[arg(long)]
+        timeout: Option<u32>,
+        /// Remote working directory
+        #[arg(long)]
+        cwd: Option<String>,
+        /// The command; words are joined with spaces, as ssh does
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Close the daemon's connection to a host
+    Disconnect { host: String },
+    /// Stop the daemon (in-flight calls get a grace period)
+    Stop,
+}
+
+/// Exit codes: the remote command's own for `exec`; otherwise these.
+const EXIT_ERROR: u8 = 1;
+const EXIT_NOT_RUNNING: u8 = 3;
+/// As ssh: 255 when the command could not be run at all.
+const EXIT_REMOTE_FAILURE: u8 = 255;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mcp-sshctl: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> ExitCode {
+    let opts = ClientOptions {
+        socket: args.socket.clone(),
+        config: args.config.clone(),
+        identity: Identity {
+            kind: ClientKind::Ctl,
+            name: "mcp-sshctl".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            program: "mcp-sshctl",
+        },
+    };
+    let result = match args.command {
+        Cmd::Status { json } => status(&opts, json).await,
+        Cmd::Hosts { json } => hosts(&opts, json).await,
+        Cmd::Exec {
+            host,
+            timeout,
+            cwd,
+            command,
+        } => exec(&opts, host, timeout, cwd, command.join(" ")).await,
+        Cmd::Disconnect { host } => disconnect(&opts, host).await,
+        Cmd::Stop => stop(&opts).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mcp-sshctl: {e}");
+            ExitCode::from(match e {
+                ClientError::NotRunning(_) => EXIT_NOT_RUNNING,
+                _ => EXIT_ERROR,
+            })
+        }
+    }
+}
+
+async fn status(opts: &ClientOptions, as_json: bool) -> Result<ExitCode, ClientError> {
+    let client = match DaemonClient::connect(opts).await {
+        Ok(client) => client,
+        Err(ClientError::NotRunning(socket)) => {
+            if as_json {
+                println!("{}", json!({ "running": false, "socket": socket }));
+            } else {
+                println!("mcp-sshd is not running (socket: {})", socket.display());
+            }
+            return Ok(ExitCode::from(EXIT_NOT_RUNNING));
+        }
+        Err(e) => return Err(e),
+    };
+    let s = client
+        .daemon()
+        .status(pb::StatusRequest {})
+        .await?
+        .into_inner();
+    if as_json {
+        println!("{:#}", status_json(&s));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = String::new();
+    out.push_str(&format!(
+        "mcp-sshd {}  pid {}  up {}\n",
+        s.daemon_version,
+        s.pid,
+        human_duration(s.uptime_ms)
+    ));
+    out.push_str(&format!(
+        "socket  {}\nconfig  {}\n",
+        s.socket_path, s.config_path
+    ));
+    if s.daemon_version != env!("CARGO_PKG_VERSION") {
+        out.push_str(&format!(
+            "note: this mcp-sshctl is {}, the daemon is {}\n",
+            env!("CARGO_PKG_VERSION"),
+            s.daemon_version
+        ));
+    }
+    for warning in &s.warnings {
+        out.push_str(&format!("warning: {warning}\n"));
+    }
+    out.push('\n');
+    out.push_str(&host_table(&s.hosts));
+    out.push_str(&format!("\nclients ({})\n", s.clients.len()));
+    for c in &s.clients {
+        let version = if c.version.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", c.version)
+        };
+        out.push_str(&format!(
+            "  {}{}  pid {}  attached {} ago\n",
+            c.name,
+            version,
+            c.pid,
+            human_duration(since_ms(c.attached_at_unix_ms))
+        ));
+    }
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn host_table(hosts: &[pb::HostState]) -> String {
+    let mut rows = vec![[
+        "HOST".to_string(),
+        "TARGET".into(),
+        "STATE".into(),
+        "SINCE".into(),
+        "CHANNELS".into(),
+        "LAST ERROR".into(),
+    ]];
+    for h in hosts {
+        rows.push([
+            h.name.clone(),
+            format!("{}@{}:{}", h.username, h.hostname, h.port),
+            state_name(h.state).into(),
+            human_duration(since_ms(h.since_unix_ms)),
+            format!("{}/{}", h.channels_in_use, h.channel_limit),
+            h.last_error
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .take(80)
+                .collect(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn state_name(state: i32) -> &'static str {
+    match pb::ConnectionState::try_from(state).unwrap_or(pb::ConnectionState::Unspecified) {
+        pb::ConnectionState::Connected => "connected",
+        pb::ConnectionState::Connecting => "connecting",
+        pb::ConnectionState::Failed => "failed",
+        pb::ConnectionState::Disconnected | pb::ConnectionState::Unspecified => "disconnected",
+    }
+}
+
+fn host_json(h: &pb::HostState) -> serde_json::Value {
+    json!({
+        "name": h.name, "hostname": h.hostname, "port": h.port, "username": h.username,
+        "state": state_name(h.state), "since_unix_ms": h.since_unix_ms,
+        "channels_in_use": h.channels_in_use, "channel_limit": h.channel_limit,
+        "last_error": (!h.last_error.is_empty()).then_some(&h.last_error),
+        "server_version": (!h.server_version.is_empty()).then_some(&h.server_version),
+        "host_key_fingerprint": (!h.host_key_fingerprint.is_empty()).then_some(&h.host_key_fingerprint),
+        "connections_opened": h.connections_opened, "restricted": h.restricted,
+    })
+}
+
+fn status_json(s: &pb::StatusReply) -> serde_json::Value {
+    json!({
+        "running": true, "version": s.daemon_version, "pid": s.pid, "uptime_ms": s.uptime_ms,
+        "started_at_unix_ms": s.started_at_unix_ms, "socket": s.socket_path, "config": s.config_path,
+        "protocol": format!("{}.{}", s.proto_major, s.proto_minor), "warnings": s.warnings,
+        "hosts": s.hosts.iter().map(host_json).collect::<Vec<_>>(),
+        "clients": s.clients.iter().map(|c| json!({
+            "id": c.client_id, "name": c.name, "version": c.version, "pid": c.pid,
+            "kind": match pb::ClientKind::try_from(c.kind) { Ok(pb::ClientKind::Shim) => "shim", Ok(pb::ClientKind::Ctl) => "ctl", _ => "unknown" },
+            "attached_at_unix_ms": c.attached_at_unix_ms,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+async fn hosts(opts: &ClientOptions, as_json: bool) -> Result<ExitCode, ClientError> {
+    let client = DaemonClient::connect_or_start(opts).await?;
+    let hosts = client
+        .hosts()
+        .list_hosts(pb::ListHostsRequest {})
+        .await?
+        .into_inner()
+        .hosts;
+    if as_json {
+        println!(
+            "{:#}",
+            serde_json::Value::Array(hosts.iter().map(host_json).collect())
+        );
+    } else {
+        print!("{}", host_table(&hosts));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn exec(
+    opts: &ClientOptions,
+    host: String,
+    timeout: Option<u32>,
+    cwd: Option<String>,
+    command: String,
+) -> Result<ExitCode, ClientError> {
+    let client = DaemonClient::connect_or_start(opts).await?;
+    let request = pb::RunRequest {
+        host,
+        command,
+        cwd: cwd.unwrap_or_default(),
+        timeout_secs: timeout.unwrap_or(0),
+    };
+    let mut stream = match client.exec().run(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            eprintln!("mcp-sshctl: {}", status.message());
+            return Ok(ExitCode::from(EXIT_REMOTE_FAILURE));
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr();
+    loop {
+        let event = match stream.message().await {
+            Ok(Some(event)) => event,
+            Ok(None) => {
+                eprintln!("mcp-sshctl: the daemon ended the call without an exit status");
+                return Ok(ExitCode::from(EXIT_REMOTE_FAILURE));
+            }
+            Err(status) => {
+                let _ = stdout.flush();
+                eprintln!("mcp-sshctl: {}", status.message());
+                return Ok(ExitCode::from(EXIT_REMOTE_FAILURE));
+            }
+        };
+        match event.event {
+            Some(run_event::Event::Stdout(data)) => {
+                let _ = stdout.write_all(&data);
+                let _ = stdout.flush();
+            }
+            Some(run_event::Event::Stderr(data)) => {
+                let _ = stderr.write_all(&data);
+            }
+            Some(run_event::Event::Exit(exit)) => {
+                let _ = stdout.flush();
+                return Ok(match exit.code {
+                    Some(code) => ExitCode::from(u8::try_from(code & 0xff).unwrap_or(EXIT_ERROR)),
+                    None => {
+                        eprintln!(
+                            "mcp-sshctl: remote command killed by signal {}",
+                            exit.signal
+                        );
+                        ExitCode::from(128u8.saturating_add(signal_number(&exit.signal)))
+                    }
+                });
+            }
+            Some(run_event::Event::Started(_)) | None => {}
+        }
+    }
+}
+
+/// Shell convention: a command killed by signal N exits 128 + N.
+fn signal_number(name: &str) -> u8 {
+    match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "ILL" => 4,
+        "ABRT" => 6,
+        "FPE" => 8,
+        "KILL" => 9,
+        "USR1" => 10,
+        "SEGV" => 11,
+        "PIPE" => 13,
+        "ALRM" => 14,
+        "TERM" => 15,
+        _ => 0,
+    }
+}
+
+async fn disconnect(opts: &ClientOptions, host: String) -> Result<ExitCode, ClientError> {
+    let client = DaemonClient::connect(opts).await?;
+    let reply = client
+        .hosts()
+        .disconnect(pb::DisconnectRequest { host: host.clone() })
+        .await?
+        .into_inner();
+    if reply.was_connected {
+        println!(
+            "disconnected {host} ({} call(s) in flight were told)",
+            reply.interrupted_calls
+        );
+    } else {
+        println!("{host} was not connected");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn stop(opts: &ClientOptions) -> Result<ExitCode, ClientError> {
+    let client = DaemonClient::connect(opts).await?;
+    let pid = client.hello.daemon_pid;
+    client.daemon().shutdown(pb::ShutdownRequest {}).await?;
+    // Wait for the socket to go away so a following start does not race the old daemon.
+    for _ in 0..150 {
+        if std::fs::symlink_metadata(&client.socket.socket).is_err() {
+            println!("mcp-sshd (pid {pid}) stopped");
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("mcp-sshd (pid {pid}) is still draining in-flight calls");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn since_ms(unix_ms: i64) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    u64::try_from(now.saturating_sub(u128::try_from(unix_ms).unwrap_or(0))).unwrap_or(0)
+}
+
+fn human_duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}

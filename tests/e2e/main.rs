@@ -1,0 +1,10 @@
+//! End-to-end tests: one test binary (fast to link), one module per area.
+//! Every SSH test runs against a real OpenSSH sshd started by the fixture; none is mocked.
+
+// Helpers here run only inside tests, where a panic is a test failure with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+mod daemon_exec;
+mod daemon_hostkeys;
+mod daemon_lifecycle;

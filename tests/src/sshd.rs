@@ -1,0 +1,317 @@
+//! A real OpenSSH `sshd` on 127.0.0.1 with its own temporary host key, client key, config and
+//! known_hosts. Started in the foreground, killed on drop; its log is printed when a test fails.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// The unprivileged login used when the tests run as root (created by `tests/run.sh`).
+pub const TEST_USER: &str = "mcptest";
+
+/// Options for the sshd config.
+#[derive(Debug, Clone, Default)]
+pub struct SshdOptions {
+    pub max_sessions: Option<u32>,
+    pub password_auth: bool,
+    /// Extra lines appended to sshd_config.
+    pub extra: String,
+}
+
+pub struct Sshd {
+    pub dir: TempDir,
+    pub port: u16,
+    pub client_key: PathBuf,
+    pub known_hosts: PathBuf,
+    opts: SshdOptions,
+    child: Option<Child>,
+}
+
+fn sshd_binary() -> PathBuf {
+    for candidate in ["/usr/sbin/sshd", "/usr/local/sbin/sshd", "/usr/bin/sshd"] {
+        if Path::new(candidate).is_file() {
+            return PathBuf::from(candidate);
+        }
+    }
+    panic!(
+        "sshd not found: these tests need a real OpenSSH server. Install it with \
+         `apt-get install -y openssh-server` (Debian/Ubuntu) or `dnf install openssh-server`, \
+         or run `bash tests/run.sh`, which installs what the tests need"
+    );
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// The account the fixture logs in as: `mcptest` when running as root, else ourselves.
+pub fn login_user() -> String {
+    if is_root() {
+        if nix::unistd::User::from_name(TEST_USER)
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            panic!(
+                "test user {TEST_USER:?} is missing: run `bash tests/run.sh` (it creates it), or \
+                 `useradd -m -s /bin/sh {TEST_USER} && usermod -p '*' {TEST_USER}`"
+            );
+        }
+        TEST_USER.to_string()
+    } else {
+        nix::unistd::User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| std::env::var("USER").unwrap_or_default())
+    }
+}
+
+fn keygen(path: &Path) {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "mcp-ssh-test", "-f"])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen not found: install openssh-client");
+    assert!(status.success(), "ssh-keygen failed");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Sshd {
+    pub fn start() -> Sshd {
+        Sshd::start_with(SshdOptions::default())
+    }
+
+    pub fn start_with(opts: SshdOptions) -> Sshd {
+        let dir = tempfile::Builder::new()
+            .prefix("mcpssh-sshd-")
+            .tempdir()
+            .unwrap();
+        // sshd reads authorized_keys as the login user, who must be able to reach it.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        keygen(&dir.path().join("host_ed25519"));
+        keygen(&dir.path().join("id_ed25519"));
+        fs::copy(
+            dir.path().join("id_ed25519.pub"),
+            dir.path().join("authorized_keys"),
+        )
+        .unwrap();
+        fs::set_permissions(
+            dir.path().join("authorized_keys"),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        if is_root() {
+            // Debian's privilege separation directory; the package only creates it via its service.
+            fs::create_dir_all("/run/sshd").unwrap();
+        }
+        let mut sshd = Sshd {
+            client_key: dir.path().join("id_ed25519"),
+            known_hosts: dir.path().join("known_hosts"),
+            port: 0,
+            dir,
+            opts,
+            child: None,
+        };
+        for _ in 0..5 {
+            sshd.port = free_port();
+            if sshd.spawn() {
+                sshd.write_known_hosts();
+                return sshd;
+            }
+        }
+        panic!("sshd would not start; log:\n{}", sshd.log());
+    }
+
+    fn write_known_hosts(&self) {
+        fs::write(&self.known_hosts, format!("{}\n", self.known_hosts_line())).unwrap();
+    }
+
+    /// This server's known_hosts line.
+    pub fn known_hosts_line(&self) -> String {
+        let public = fs::read_to_string(self.dir.path().join("host_ed25519.pub")).unwrap();
+        let mut fields = public.split_whitespace();
+        let (kind, key) = (fields.next().unwrap(), fields.next().unwrap());
+        format!("[127.0.0.1]:{} {kind} {key}", self.port)
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("sshd_config")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("sshd.log")
+    }
+
+    fn write_config(&self) {
+        let d = self.dir.path().display();
+        let mut config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
+             AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nSubsystem sftp internal-sftp\n\
+             LogLevel VERBOSE\nUseDNS no\nPermitRootLogin prohibit-password\n",
+            port = self.port
+        );
+        if let Some(n) = self.opts.max_sessions {
+            config.push_str(&format!("MaxSessions {n}\n"));
+        }
+        config.push_str(if self.opts.password_auth {
+            "PasswordAuthentication yes\n"
+        } else {
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        });
+        config.push_str(&self.opts.extra);
+        fs::write(self.config_path(), config).unwrap();
+    }
+
+    /// Starts sshd on `self.port`; false when the port was taken.
+    fn spawn(&mut self) -> bool {
+        self.write_config();
+        let log = self.log_path();
+        let before = fs::read_to_string(&log).map(|t| t.len()).unwrap_or(0);
+        let child = Command::new(sshd_binary())
+            .arg("-D")
+            .arg("-f")
+            .arg(self.config_path())
+            .arg("-E")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot run sshd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            let new = text.get(before..).unwrap_or_default();
+            if new.contains("Server listening on") {
+                return true;
+            }
+            if new.contains("Address already in use") {
+                self.kill();
+                return false;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("sshd exited at once ({status}); log:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "sshd did not start listening within 10 s; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// Kills sshd and every connection it serves (as a crash or reboot would; a plain restart of
+    /// the listener would leave the per-connection processes, which run in their own sessions).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            for pid in descendants(child.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops and starts sshd on the same port with the same keys.
+    pub fn restart(&mut self) {
+        self.kill();
+        for _ in 0..50 {
+            if self.spawn() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("sshd would not restart on port {}", self.port);
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// How many logins sshd accepted so far (one per SSH connection).
+    pub fn accepted_logins(&self) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("Accepted publickey") || l.contains("Accepted password"))
+            .count()
+    }
+
+    /// Generates another key pair that the server does not accept.
+    pub fn foreign_key(&self) -> PathBuf {
+        let path = self.dir.path().join("id_other");
+        if !path.exists() {
+            keygen(&path);
+        }
+        path
+    }
+
+    /// A hosts.json entry for this server.
+    pub fn host(&self, name: &str, user: &str) -> serde_json::Value {
+        serde_json::json!({
+            "name": name,
+            "hostname": "127.0.0.1",
+            "port": self.port,
+            "username": user,
+            "identity_file": self.client_key,
+            "known_hosts_file": self.known_hosts,
+        })
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- sshd log (port {}) ----\n{}", self.port, self.log());
+        }
+    }
+}
+
+/// All processes below `root` in the process tree.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command name: state, ppid, ...
+        let Some(after) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+            continue;
+        };
+        if let Some(ppid) = after.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, ppid)| *ppid == parent)
+                .map(|(pid, _)| *pid),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
