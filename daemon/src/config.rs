@@ -62,6 +62,8 @@ struct RawConfig {
     audit_log_file: Option<String>,
     #[serde(default)]
     known_hosts_file: Option<String>,
+    #[serde(default = "default_max_output_bytes")]
+    max_output_bytes: u64,
     hosts: Vec<RawHost>,
 }
 
@@ -97,6 +99,9 @@ struct RawHost {
     max_sessions: u64,
 }
 
+fn default_max_output_bytes() -> u64 {
+    DEFAULT_MAX_OUTPUT_BYTES
+}
 fn default_port() -> u64 {
     22
 }
@@ -119,12 +124,17 @@ fn default_max_sessions() -> u64 {
     10
 }
 
+/// How much of each output stream (stdout, stderr) a tool result keeps, by default and at most.
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 32 * 1024;
+pub const HARD_MAX_OUTPUT_BYTES: u64 = 1024 * 1024;
+
 /// A validated configuration.
 #[derive(Debug)]
 pub struct Config {
     pub path: PathBuf,
     pub log_level: LogLevel,
     pub audit_log_file: Option<PathBuf>,
+    pub max_output_bytes: u32,
     pub hosts: Vec<HostConfig>,
     /// Problems worth telling the user about that do not stop the daemon.
     pub warnings: Vec<String>,
@@ -214,6 +224,12 @@ impl Config {
         };
         let raw: RawConfig = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
         let global_known_hosts = raw.known_hosts_file.as_deref().map(expand_tilde);
+        if !(1024..=HARD_MAX_OUTPUT_BYTES).contains(&raw.max_output_bytes) {
+            return Err(invalid(format!(
+                "max_output_bytes must be between 1024 and {HARD_MAX_OUTPUT_BYTES}, not {}",
+                raw.max_output_bytes
+            )));
+        }
         let mut seen = HashSet::new();
         let mut hosts = Vec::with_capacity(raw.hosts.len());
         for (index, host) in raw.hosts.into_iter().enumerate() {
@@ -233,6 +249,7 @@ impl Config {
             path: path.to_path_buf(),
             log_level: raw.log_level,
             audit_log_file: raw.audit_log_file.as_deref().map(expand_tilde),
+            max_output_bytes: u32::try_from(raw.max_output_bytes).unwrap_or(u32::MAX),
             hosts,
             warnings: Vec::new(),
         })

@@ -134,6 +134,7 @@ impl pb::daemon_server::Daemon for Service {
             started_at_unix_ms: unix_ms(self.registry.started_at),
             client_id,
             config_path: self.registry.config_path.display().to_string(),
+            max_output_bytes: self.registry.max_output_bytes,
         }))
     }
 

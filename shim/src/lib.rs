@@ -2,3 +2,4 @@
 //! Nothing here depends on russh: the shim is spawned by every AI client and stays small.
 
 pub mod client;
+pub mod mcp;

@@ -8,3 +8,4 @@ mod common;
 mod daemon_exec;
 mod daemon_hostkeys;
 mod daemon_lifecycle;
+mod shim;

@@ -7,6 +7,7 @@
 pub mod bins;
 pub mod daemon;
 pub mod rpc;
+pub mod shim;
 pub mod sshd;
 
 pub use daemon::Daemon;

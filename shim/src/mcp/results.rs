@@ -1,0 +1,355 @@
+//! Tool results: each has a structured form (with an output schema) and a short text form that
+//! leads with the outcome.
+
+use std::time::Duration;
+
+use mcp_ssh_proto::pb;
+use rmcp::model::{CallToolResult, ContentBlock};
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use super::output::CleanOutput;
+
+/// A successful tool result: the text for people and models, the structure for programs.
+pub fn ok<T: Serialize>(text: String, value: &T) -> CallToolResult {
+    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+    result.structured_content = serde_json::to_value(value).ok();
+    result
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn seconds(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.2} s", ms as f64 / 1000.0)
+    }
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ExecResult {
+    /// null if killed by a signal
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    pub stdout: String,
+    pub stderr: String,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub stdout_cut: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub stderr_cut: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub invalid_utf8: bool,
+}
+
+impl ExecResult {
+    pub fn new(
+        exit: Option<&pb::Exit>,
+        elapsed: Duration,
+        stdout: CleanOutput,
+        stderr: CleanOutput,
+    ) -> ExecResult {
+        ExecResult {
+            exit_code: exit.and_then(|e| e.code),
+            signal: exit.map(|e| e.signal.clone()).filter(|s| !s.is_empty()),
+            duration_ms: exit
+                .map(|e| e.duration_ms)
+                .unwrap_or_else(|| u64::try_from(elapsed.as_millis()).unwrap_or(0)),
+            invalid_utf8: stdout.invalid_utf8 || stderr.invalid_utf8,
+            stdout_cut: stdout.cut_bytes,
+            stderr_cut: stderr.cut_bytes,
+            stdout: stdout.text,
+            stderr: stderr.text,
+        }
+    }
+
+    fn outcome(&self) -> String {
+        match (&self.exit_code, &self.signal) {
+            (Some(code), _) => format!("exit {code} ({})", seconds(self.duration_ms)),
+            (None, Some(sig)) => format!("killed by signal {sig} ({})", seconds(self.duration_ms)),
+            (None, None) => format!("no exit status ({})", seconds(self.duration_ms)),
+        }
+    }
+
+    fn output_text(&self) -> String {
+        let mut text = String::new();
+        if !self.stdout.is_empty() {
+            text.push('\n');
+            text.push_str(&self.stdout);
+        }
+        if !self.stderr.is_empty() {
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str("--- stderr ---\n");
+            text.push_str(&self.stderr);
+        }
+        if self.invalid_utf8 {
+            text.push_str("\n[output was not valid UTF-8; invalid bytes shown as \u{FFFD}]");
+        }
+        text
+    }
+
+    /// `exit 0 (0.01 s)`, then stdout, then stderr under its own heading.
+    pub fn text(&self) -> String {
+        format!("{}{}", self.outcome(), self.output_text())
+    }
+
+    /// The error first, then whatever output arrived before it.
+    pub fn failure_text(&self, error: &str) -> String {
+        let output = self.output_text();
+        if output.is_empty() {
+            error.to_string()
+        } else {
+            format!("{error}\n\noutput before that:{output}")
+        }
+    }
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct BatchItem {
+    pub command: String,
+    /// ok, failed, error or not_run
+    pub status: &'static str,
+    #[serde(flatten)]
+    pub result: Option<ExecResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl BatchItem {
+    pub fn ran(command: &str, result: ExecResult, error: Option<String>) -> BatchItem {
+        let status = match (&error, result.exit_code) {
+            (Some(_), _) => "error",
+            (None, Some(0)) => "ok",
+            (None, _) => "failed",
+        };
+        BatchItem {
+            command: command.into(),
+            status,
+            result: Some(result),
+            error,
+        }
+    }
+
+    pub fn failed_to_run(command: &str, error: String) -> BatchItem {
+        BatchItem {
+            command: command.into(),
+            status: "error",
+            result: None,
+            error: Some(error),
+        }
+    }
+
+    pub fn not_run(command: &str) -> BatchItem {
+        BatchItem {
+            command: command.into(),
+            status: "not_run",
+            result: None,
+            error: None,
+        }
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.status == "ok"
+    }
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct BatchResult {
+    pub host: String,
+    pub completed: usize,
+    pub results: Vec<BatchItem>,
+}
+
+impl BatchResult {
+    pub fn new(host: &str, results: Vec<BatchItem>) -> BatchResult {
+        let completed = results.iter().filter(|i| i.succeeded()).count();
+        BatchResult {
+            host: host.into(),
+            completed,
+            results,
+        }
+    }
+
+    pub fn any_error(&self) -> bool {
+        self.results.iter().any(|i| i.status == "error")
+    }
+
+    pub fn text(&self) -> String {
+        let mut text = format!(
+            "{} of {} commands succeeded on {}\n",
+            self.completed,
+            self.results.len(),
+            self.host
+        );
+        for (n, item) in self.results.iter().enumerate() {
+            text.push_str(&format!("\n[{}] $ {}\n", n + 1, item.command));
+            match (&item.result, &item.error) {
+                (Some(r), Some(e)) => text.push_str(&r.failure_text(e)),
+                (Some(r), None) => text.push_str(&r.text()),
+                (None, Some(e)) => text.push_str(e),
+                (None, None) => text.push_str("not run (an earlier command failed)"),
+            }
+            text.push('\n');
+        }
+        text
+    }
+}
+
+fn state_name(state: i32) -> &'static str {
+    match pb::ConnectionState::try_from(state).unwrap_or(pb::ConnectionState::Unspecified) {
+        pb::ConnectionState::Connected => "connected",
+        pb::ConnectionState::Connecting => "connecting",
+        pb::ConnectionState::Failed => "failed",
+        pb::ConnectionState::Disconnected | pb::ConnectionState::Unspecified => "disconnected",
+    }
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct HostInfo {
+    pub name: String,
+    pub hostname: String,
+    pub port: u32,
+    pub username: String,
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl From<pb::HostState> for HostInfo {
+    fn from(h: pb::HostState) -> HostInfo {
+        HostInfo {
+            state: state_name(h.state),
+            last_error: (!h.last_error.is_empty()).then_some(h.last_error),
+            name: h.name,
+            hostname: h.hostname,
+            port: h.port,
+            username: h.username,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct HostsResult {
+    pub hosts: Vec<HostInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl HostsResult {
+    pub fn text(&self) -> String {
+        let mut text = match self.hosts.len() {
+            0 => "no hosts configured (add them to hosts.json)".to_string(),
+            n => format!("{n} host{}:", if n == 1 { "" } else { "s" }),
+        };
+        for h in &self.hosts {
+            text.push_str(&format!(
+                "\n{}  {}@{}:{}  {}",
+                h.name, h.username, h.hostname, h.port, h.state
+            ));
+            if let Some(e) = &h.last_error {
+                text.push_str(&format!(" ({})", e.lines().next().unwrap_or_default()));
+            }
+        }
+        if let Some(note) = &self.note {
+            text.push_str(&format!("\nnote: {note}"));
+        }
+        text
+    }
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct StatusResult {
+    pub host: String,
+    pub reachable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connected_since_unix_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_key_fingerprint: Option<String>,
+    pub channels_in_use: u32,
+    pub channel_limit: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl StatusResult {
+    pub fn reachable(h: pb::HostState, note: Option<String>) -> StatusResult {
+        StatusResult {
+            host: h.name,
+            reachable: true,
+            error: None,
+            connected_since_unix_ms: Some(h.since_unix_ms),
+            server_version: Some(h.server_version),
+            host_key_fingerprint: Some(h.host_key_fingerprint),
+            channels_in_use: h.channels_in_use,
+            channel_limit: h.channel_limit,
+            note,
+        }
+    }
+
+    pub fn unreachable(host: &str, error: String, note: Option<String>) -> StatusResult {
+        StatusResult {
+            host: host.into(),
+            reachable: false,
+            error: Some(error),
+            connected_since_unix_ms: None,
+            server_version: None,
+            host_key_fingerprint: None,
+            channels_in_use: 0,
+            channel_limit: 0,
+            note,
+        }
+    }
+
+    pub fn text(&self) -> String {
+        let mut text = if self.reachable {
+            format!(
+                "{} is reachable: {}, host key {}, {} of {} channels in use",
+                self.host,
+                self.server_version.as_deref().unwrap_or("unknown server"),
+                self.host_key_fingerprint.as_deref().unwrap_or("unknown"),
+                self.channels_in_use,
+                self.channel_limit
+            )
+        } else {
+            format!(
+                "{} is not reachable: {}",
+                self.host,
+                self.error.as_deref().unwrap_or("unknown error")
+            )
+        };
+        if let Some(note) = &self.note {
+            text.push_str(&format!("\nnote: {note}"));
+        }
+        text
+    }
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DisconnectResult {
+    pub host: String,
+    pub was_connected: bool,
+    pub interrupted_calls: u32,
+}
+
+impl DisconnectResult {
+    pub fn text(&self) -> String {
+        if self.was_connected {
+            format!(
+                "disconnected {} ({} call(s) in flight were interrupted)",
+                self.host, self.interrupted_calls
+            )
+        } else {
+            format!("{} was not connected", self.host)
+        }
+    }
+}

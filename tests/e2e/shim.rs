@@ -1,0 +1,581 @@
+//! The shim as AI clients use it: the real binary over stdio, driven by rmcp's MCP client,
+//! with a real daemon and the real sshd behind it.
+
+use std::time::Duration;
+
+use mcp_ssh_tests::bins::bin;
+use mcp_ssh_tests::daemon::{Daemon, hosts_json};
+use mcp_ssh_tests::shim::{Shim, ShimOptions, is_error, text, tool_result};
+use mcp_ssh_tests::{Sshd, login_user};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::common::{eventually, processes_matching, unique_token};
+
+async fn shim_for(daemon: &Daemon, client_name: &str) -> Shim {
+    Shim::spawn(ShimOptions {
+        socket: &daemon.socket,
+        config: Some(&daemon.config),
+        cwd: None,
+        client_name,
+    })
+    .await
+}
+
+fn structured(result: &rmcp::model::CallToolResult) -> Value {
+    result.structured_content.clone().unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversation_should_list_tools_and_run_every_tool() {
+    let sshd = Sshd::start();
+    let daemon = Daemon::start(&hosts_json(&[sshd.host("box", &login_user())]));
+    let shim = shim_for(&daemon, "e2e-client").await;
+
+    let tools = shim.service.list_all_tools().await.unwrap();
+    let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "list_hosts",
+            "ssh_disconnect",
+            "ssh_execute",
+            "ssh_execute_batch",
+            "ssh_status"
+        ]
+    );
+    let size = serde_json::to_string(&json!({ "tools": tools }))
+        .unwrap()
+        .len();
+    assert!(size < 4096, "tools/list is {size} bytes");
+    for tool in &tools {
+        assert!(
+            tool.output_schema.is_some(),
+            "{} has no output schema",
+            tool.name
+        );
+        let a = tool.annotations.as_ref().unwrap();
+        match tool.name.as_ref() {
+            "list_hosts" | "ssh_status" => assert_eq!(a.read_only_hint, Some(true)),
+            "ssh_execute" | "ssh_execute_batch" => {
+                assert_eq!(a.destructive_hint, Some(true));
+                assert_eq!(a.open_world_hint, Some(true));
+            }
+            "ssh_disconnect" => assert_eq!(a.idempotent_hint, Some(true)),
+            _ => unreachable!(),
+        }
+    }
+
+    let hosts = shim.call("list_hosts", json!({})).await;
+    assert!(!is_error(&hosts));
+    assert_eq!(structured(&hosts)["hosts"][0]["name"], "box");
+    assert_eq!(structured(&hosts)["hosts"][0]["port"], sshd.port);
+
+    let ok = shim
+        .call(
+            "ssh_execute",
+            json!({ "host": "box", "command": "echo hi; echo oops >&2" }),
+        )
+        .await;
+    assert!(!is_error(&ok));
+    let t = text(&ok);
+    assert!(t.starts_with("exit 0 ("), "{t}");
+    assert!(t.contains("\nhi\n--- stderr ---\noops\n"), "{t}");
+    assert_eq!(structured(&ok)["exit_code"], 0);
+    assert_eq!(structured(&ok)["stdout"], "hi\n");
+
+    let nonzero = shim
+        .call("ssh_execute", json!({ "host": "box", "command": "exit 4" }))
+        .await;
+    assert!(!is_error(&nonzero), "a command that ran is a normal result");
+    assert!(text(&nonzero).starts_with("exit 4"));
+
+    let cwd = shim
+        .call(
+            "ssh_execute",
+            json!({ "host": "box", "command": "pwd", "cwd": "/tmp" }),
+        )
+        .await;
+    assert_eq!(structured(&cwd)["stdout"], "/tmp\n");
+
+    let batch = shim
+        .call(
+            "ssh_execute_batch",
+            json!({ "host": "box", "commands": ["echo one", "exit 2", "echo three"] }),
+        )
+        .await;
+    assert!(!is_error(&batch));
+    let b = structured(&batch);
+    assert_eq!(b["completed"], 1);
+    assert_eq!(b["results"][0]["status"], "ok");
+    assert_eq!(b["results"][1]["status"], "failed");
+    assert_eq!(b["results"][1]["exit_code"], 2);
+    assert_eq!(b["results"][2]["status"], "not_run");
+    assert!(text(&batch).contains("not run"));
+
+    let status = shim.call("ssh_status", json!({ "host": "box" })).await;
+    assert!(!is_error(&status));
+    let s = structured(&status);
+    assert_eq!(s["reachable"], true);
+    assert!(
+        s["host_key_fingerprint"]
+            .as_str()
+            .unwrap()
+            .starts_with("SHA256:")
+    );
+    assert!(s["server_version"].as_str().unwrap().contains("OpenSSH"));
+    assert!(s["connected_since_unix_ms"].as_i64().unwrap() > 0);
+
+    let bye = shim.call("ssh_disconnect", json!({ "host": "box" })).await;
+    assert_eq!(structured(&bye)["was_connected"], true);
+    let again = shim.call("ssh_disconnect", json!({ "host": "box" })).await;
+    assert_eq!(
+        structured(&again)["was_connected"],
+        false,
+        "disconnect is idempotent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_should_be_tool_errors_that_say_what_to_do() {
+    let sshd = Sshd::start();
+    let mut wrong = sshd.host("wrong", &login_user());
+    wrong["identity_file"] = sshd.foreign_key().display().to_string().into();
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut down = sshd.host("down", &login_user());
+    down["port"] = closed_port.into();
+    let daemon = Daemon::start(&hosts_json(&[sshd.host("box", &login_user()), wrong, down]));
+    let shim = shim_for(&daemon, "e2e-client").await;
+
+    let unknown = shim
+        .call("ssh_execute", json!({ "host": "nope", "command": "true" }))
+        .await;
+    assert!(is_error(&unknown));
+    assert!(
+        text(&unknown).contains("unknown host \"nope\""),
+        "{}",
+        text(&unknown)
+    );
+    assert!(text(&unknown).contains("box"));
+
+    let auth = shim
+        .call("ssh_execute", json!({ "host": "wrong", "command": "true" }))
+        .await;
+    assert!(is_error(&auth));
+    assert!(
+        text(&auth).contains("authentication failed"),
+        "{}",
+        text(&auth)
+    );
+
+    let refused = shim
+        .call("ssh_execute", json!({ "host": "down", "command": "true" }))
+        .await;
+    assert!(is_error(&refused));
+    assert!(
+        text(&refused).contains("cannot connect to"),
+        "{}",
+        text(&refused)
+    );
+
+    let status = shim.call("ssh_status", json!({ "host": "down" })).await;
+    assert!(!is_error(&status), "unreachable is a status, not a failure");
+    assert_eq!(structured(&status)["reachable"], false);
+    assert!(text(&status).contains("not reachable"));
+
+    let unknown_status = shim.call("ssh_status", json!({ "host": "nope" })).await;
+    assert!(is_error(&unknown_status));
+
+    let missing = shim.call("ssh_execute", json!({ "host": "box" })).await;
+    assert!(is_error(&missing));
+    assert!(text(&missing).contains("command"), "{}", text(&missing));
+    let extra = shim
+        .call(
+            "ssh_execute",
+            json!({ "host": "box", "command": "true", "sudo": true }),
+        )
+        .await;
+    assert!(is_error(&extra), "unknown arguments are refused");
+
+    let timeout = shim
+        .call(
+            "ssh_execute",
+            json!({ "host": "box", "command": "echo before; sleep 30", "timeout": 1 }),
+        )
+        .await;
+    assert!(is_error(&timeout));
+    let t = text(&timeout);
+    assert!(t.contains("no output for 1 s"), "{t}");
+    assert!(t.contains("output before that:\nbefore"), "{t}");
+
+    let empty = shim
+        .call(
+            "ssh_execute_batch",
+            json!({ "host": "box", "commands": [] }),
+        )
+        .await;
+    assert!(is_error(&empty));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_should_be_capped_cleaned_and_flagged() {
+    let sshd = Sshd::start();
+    let config = json!({ "max_output_bytes": 4096, "hosts": [sshd.host("box", &login_user())] });
+    let daemon = Daemon::start(&config.to_string());
+    let shim = shim_for(&daemon, "e2e-client").await;
+
+    let big = shim
+        .call(
+            "ssh_execute",
+            json!({ "host": "box", "command": "seq 1 100000" }),
+        )
+        .await;
+    let s = structured(&big);
+    let total = (1..=100_000)
+        .map(|n: u32| n.to_string().len() + 1)
+        .sum::<usize>() as u64;
+    assert_eq!(s["stdout_cut"].as_u64().unwrap(), total - 4096);
+    let t = text(&big);
+    assert!(
+        t.contains(&format!("[... {} bytes of output cut ...]", total - 4096)),
+        "{}",
+        &t[..200]
+    );
+    assert!(t.contains("\n1\n2\n3\n"));
+    assert!(t.trim_end().ends_with("100000"));
+    assert!(t.len() < 5000);
+
+    let wider = shim
+        .call(
+            "ssh_execute",
+            json!({ "host": "box", "command": "seq 1 100000", "max_output": 100000 }),
+        )
+        .await;
+    assert!(structured(&wider)["stdout_cut"].as_u64().unwrap() < total - 90_000);
+
+    let binary = shim
+        .call(
+            "ssh_execute",
+            json!({ "host": "box", "command": "printf 'ok \\377\\376 end\\n'" }),
+        )
+        .await;
+    assert_eq!(structured(&binary)["invalid_utf8"], true);
+    assert!(
+        text(&binary).contains("ok \u{FFFD}\u{FFFD} end"),
+        "{}",
+        text(&binary)
+    );
+    assert!(text(&binary).contains("not valid UTF-8"));
+
+    let ansi = shim
+        .call(
+            "ssh_execute",
+            json!({ "host": "box", "command": "printf '\\033[1;31mred\\033[0m plain\\n'" }),
+        )
+        .await;
+    assert_eq!(structured(&ansi)["stdout"], "red plain\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_commands_should_send_progress() {
+    let sshd = Sshd::start();
+    let daemon = Daemon::start(&hosts_json(&[sshd.host("box", &login_user())]));
+    let shim = shim_for(&daemon, "e2e-client").await;
+    let handle = shim
+        .start_call("ssh_execute", json!({ "host": "box", "command": "for i in 1 2 3 4 5; do echo step $i; sleep 1; done" }))
+        .await;
+    let result = tool_result(handle.await_response().await.unwrap());
+    assert!(!is_error(&result), "{}", text(&result));
+    let progress = shim.progress.lock().unwrap().clone();
+    assert!(
+        progress.len() >= 3,
+        "only {} progress notifications in 5 s",
+        progress.len()
+    );
+    let last = progress.last().unwrap();
+    assert!(
+        last.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("last output: step"),
+        "{last:?}"
+    );
+    assert!(progress.windows(2).all(|w| w[1].progress >= w[0].progress));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_should_stop_the_remote_command_and_keep_the_session() {
+    let sshd = Sshd::start();
+    let daemon = Daemon::start(&hosts_json(&[sshd.host("box", &login_user())]));
+    let shim = shim_for(&daemon, "e2e-client").await;
+    let token = unique_token();
+    let handle = shim
+        .start_call(
+            "ssh_execute",
+            json!({ "host": "box", "command": format!("sleep 3600.{token}") }),
+        )
+        .await;
+    let needle = format!("3600.{token}");
+    assert!(eventually(Duration::from_secs(5), || !processes_matching(
+        &needle
+    )
+    .is_empty()));
+    handle
+        .cancel(Some("user pressed stop".into()))
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(6), || processes_matching(&needle)
+            .is_empty()),
+        "the remote command survived the cancellation"
+    );
+    let after = shim
+        .call(
+            "ssh_execute",
+            json!({ "host": "box", "command": "echo still here" }),
+        )
+        .await;
+    assert_eq!(structured(&after)["stdout"], "still here\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_should_share_one_connection_and_restarts_reuse_it() {
+    let sshd = Sshd::start();
+    let daemon = Daemon::start(&hosts_json(&[sshd.host("box", &login_user())]));
+    let claude = shim_for(&daemon, "claude-code").await;
+    let cursor = shim_for(&daemon, "cursor").await;
+    assert!(!is_error(
+        &claude
+            .call("ssh_execute", json!({ "host": "box", "command": "true" }))
+            .await
+    ));
+    assert!(!is_error(
+        &cursor
+            .call("ssh_execute", json!({ "host": "box", "command": "true" }))
+            .await
+    ));
+    assert_eq!(sshd.accepted_logins(), 1, "two clients, one SSH connection");
+
+    let status = daemon.ctl(&["status"]);
+    let listing = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        listing.contains("claude-code 1.2.3") && listing.contains("cursor 1.2.3"),
+        "{listing}"
+    );
+
+    // Restart one client: its first call must not open a new SSH connection.
+    claude.service.cancel().await.unwrap();
+    let claude = shim_for(&daemon, "claude-code").await;
+    let r = claude
+        .call(
+            "ssh_execute",
+            json!({ "host": "box", "command": "echo reused" }),
+        )
+        .await;
+    assert_eq!(structured(&r)["stdout"], "reused\n");
+    assert_eq!(sshd.accepted_logins(), 1);
+    drop(cursor);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shim_given_another_config_should_say_so() {
+    let sshd = Sshd::start();
+    let daemon = Daemon::start(&hosts_json(&[sshd.host("box", &login_user())]));
+    let other = daemon.dir.path().join("other-hosts.json");
+    std::fs::write(&other, hosts_json(&[])).unwrap();
+    let shim = Shim::spawn(ShimOptions {
+        socket: &daemon.socket,
+        config: Some(&other),
+        cwd: None,
+        client_name: "x",
+    })
+    .await;
+    let hosts = shim.call("list_hosts", json!({})).await;
+    let note = structured(&hosts)["note"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        note.contains(&daemon.config.display().to_string()) && note.contains("other-hosts.json"),
+        "{note}"
+    );
+    let status = shim.call("ssh_status", json!({ "host": "box" })).await;
+    assert!(
+        text(&status).contains("mcp-sshctl stop"),
+        "{}",
+        text(&status)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_shims_racing_should_start_exactly_one_daemon() {
+    let sshd = Sshd::start();
+    let daemon = Daemon::prepare(&hosts_json(&[sshd.host("box", &login_user())]));
+    let names: Vec<String> = (0..8).map(|i| format!("racer-{i}")).collect();
+    let mut shims = Vec::new();
+    for name in &names {
+        shims.push(Shim::spawn(ShimOptions {
+            socket: &daemon.socket,
+            config: Some(&daemon.config),
+            cwd: None,
+            client_name: name,
+        }));
+    }
+    let shims = futures_join(shims).await;
+    let mut calls = Vec::new();
+    for shim in &shims {
+        calls.push(shim.call(
+            "ssh_execute",
+            json!({ "host": "box", "command": "echo ok" }),
+        ));
+    }
+    for result in futures_join(calls).await {
+        assert_eq!(structured(&result)["stdout"], "ok\n", "{}", text(&result));
+    }
+    let socket = daemon.socket.display().to_string();
+    let daemons: Vec<u32> = processes_matching(&format!("--socket {socket}"))
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .unwrap_or_default()
+                .trim()
+                == "mcp-sshd"
+        })
+        .collect();
+    assert_eq!(daemons.len(), 1, "daemons running: {daemons:?}");
+    assert_eq!(sshd.accepted_logins(), 1);
+    let status = daemon.ctl(&["status", "--json"]);
+    let json: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        json["clients"].as_array().unwrap().len(),
+        8 + 1,
+        "8 shims and this mcp-sshctl"
+    );
+}
+
+/// Awaits futures concurrently (they are polled together, so the shims really race).
+async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let handles: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut pending: Vec<Option<std::pin::Pin<Box<F>>>> = handles.into_iter().map(Some).collect();
+    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all_done = true;
+        for (slot, result) in pending.iter_mut().zip(results.iter_mut()) {
+            if let Some(fut) = slot {
+                match fut.as_mut().poll(cx) {
+                    std::task::Poll::Ready(out) => {
+                        *result = Some(out);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => all_done = false,
+                }
+            }
+        }
+        if all_done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    results.into_iter().map(|r| r.unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_that_cannot_start_should_make_every_call_explain_why() {
+    let daemon = Daemon::prepare("{ \"hosts\": [ broken");
+    let shim = shim_for(&daemon, "e2e-client").await;
+    let calls = [
+        ("list_hosts", json!({})),
+        ("ssh_execute", json!({ "host": "x", "command": "true" })),
+    ];
+    for (tool, args) in calls {
+        let result = shim.call(tool, args).await;
+        assert!(is_error(&result));
+        let t = text(&result);
+        assert!(t.contains("mcp-sshd could not be started"), "{t}");
+        assert!(t.contains(&daemon.log.display().to_string()), "{t}");
+        assert!(t.contains("invalid config file"), "{t}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_stdin_should_get_json_rpc_errors_and_the_shim_keeps_serving() {
+    let daemon = Daemon::start(&hosts_json(&[]));
+    let mut child = tokio::process::Command::new(bin("mcp-ssh-shim"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}});
+    stdin
+        .write_all(format!("{init}\n").as_bytes())
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(reply.contains("\"id\":1"), "{reply}");
+    stdin
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n")
+        .await
+        .unwrap();
+    let mut exchange = async |line: Vec<u8>| -> Value {
+        stdin.write_all(&line).await.unwrap();
+        stdin.write_all(b"\n").await.unwrap();
+        stdin.flush().await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        serde_json::from_str(&reply).unwrap()
+    };
+
+    let cases: Vec<(Vec<u8>, i64)> = vec![
+        (b"this is not json".to_vec(), -32700),
+        (b"\x00\xff\xfe binary \x01".to_vec(), -32700),
+        (b"[1, 2, 3]".to_vec(), -32600),
+        (br#"{"id": 9, "method": "ping"}"#.to_vec(), -32600),
+        (
+            br#"{"jsonrpc":"2.0","id":10,"method":"no/such/method"}"#.to_vec(),
+            -32601,
+        ),
+        (
+            [
+                br#"{"jsonrpc":"2.0","id":11,"method":"ping","params":{"pad":""#.as_slice(),
+                &vec![b'x'; 9 << 20],
+                b"\"}}",
+            ]
+            .concat(),
+            -32600,
+        ),
+    ];
+    for (line, code) in cases {
+        let reply = exchange(line).await;
+        assert_eq!(reply["error"]["code"], code, "{reply}");
+    }
+    let wrong_type = json!({"jsonrpc":"2.0","id":12,"method":"tools/call","params":{"name":"ssh_execute","arguments":{"host":5,"command":"x"}}});
+    let reply = exchange(wrong_type.to_string().into_bytes()).await;
+    assert_eq!(reply["result"]["isError"], true, "{reply}");
+    let ping = exchange(br#"{"jsonrpc":"2.0","id":13,"method":"ping"}"#.to_vec()).await;
+    assert_eq!(ping["id"], 13, "still serving: {ping}");
+    drop(stdin);
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "the shim exits cleanly when stdin closes");
+}
