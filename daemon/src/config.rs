@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::SecretString;
+
+use crate::policy::CommandPolicy;
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +153,8 @@ pub struct HostConfig {
     pub auto_accept_host_key: bool,
     pub command_timeout: Duration,
     pub transfer_timeout: Duration,
-    pub allowed_commands: Option<Vec<String>>,
+    /// `allowed_commands`, parsed; `None` means any command may run.
+    pub policy: Option<CommandPolicy>,
     /// known_hosts files to check, in order (the host's own, else the global one, else
     /// `~/.ssh/known_hosts`; then `/etc/ssh/ssh_known_hosts`).
     pub known_hosts_files: Vec<PathBuf>,
@@ -296,11 +299,11 @@ fn validate_host(raw: RawHost, global_known_hosts: Option<&Path>) -> Result<Host
     let connect_timeout = positive("connect_timeout", raw.connect_timeout)?;
     let max_sessions = u32::try_from(positive("max_sessions", raw.max_sessions)?)
         .map_err(|_| "max_sessions is too large".to_string())?;
-    if let Some(rules) = &raw.allowed_commands
-        && rules.iter().any(|r| r.trim().is_empty())
-    {
-        return Err("allowed_commands must not contain an empty entry".into());
-    }
+    let policy = raw
+        .allowed_commands
+        .as_deref()
+        .map(CommandPolicy::new)
+        .transpose()?;
     let mut known_hosts_files = vec![
         raw.known_hosts_file
             .as_deref()
@@ -319,7 +322,7 @@ fn validate_host(raw: RawHost, global_known_hosts: Option<&Path>) -> Result<Host
         auto_accept_host_key: raw.auto_accept_host_key,
         command_timeout: Duration::from_secs(command_timeout),
         transfer_timeout: Duration::from_secs(transfer_timeout),
-        allowed_commands: raw.allowed_commands,
+        policy,
         known_hosts_files,
         connect_timeout: Duration::from_secs(connect_timeout),
         keepalive_interval: (raw.keepalive_interval > 0)
@@ -389,10 +392,8 @@ mod tests {
         assert_eq!(cfg.log_level, LogLevel::Debug);
         let h = &cfg.hosts[0];
         assert_eq!(h.password.as_ref().unwrap().expose_secret(), "hunter2");
-        assert_eq!(
-            h.allowed_commands.as_deref(),
-            Some(&["nvidia-smi".to_string()][..])
-        );
+        assert!(h.policy.as_ref().unwrap().check("nvidia-smi -L").is_ok());
+        assert!(h.policy.as_ref().unwrap().check("ls").is_err());
         assert!(!format!("{cfg:?}").contains("hunter2"));
     }
 

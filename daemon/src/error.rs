@@ -20,6 +20,14 @@ pub enum Error {
     ShuttingDown,
     #[error("{0}")]
     InvalidArgument(String),
+    #[error(
+        "command refused by the allowed_commands of host {host}: {reason}. Allowed on this host: {allowed}"
+    )]
+    Refused {
+        host: String,
+        reason: String,
+        allowed: String,
+    },
     #[error("{0}")]
     Incompatible(String),
 }
@@ -35,6 +43,7 @@ impl From<Error> for Status {
         let code = match &e {
             Error::UnknownHost { .. } => Code::NotFound,
             Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::Refused { .. } => Code::PermissionDenied,
             Error::ShuttingDown => Code::Unavailable,
             Error::Incompatible(_) => Code::FailedPrecondition,
             Error::Ssh(ssh) => match ssh.as_ref() {

@@ -1,9 +1,11 @@
 //! mcp-sshd: the per-user daemon that owns SSH connections and serves them over gRPC on a
 //! private Unix socket. `main.rs` only parses arguments and sets up logging; [`run`] is the daemon.
 
+pub mod audit;
 pub mod config;
 pub mod error;
 pub mod listener;
+pub mod policy;
 pub mod registry;
 pub mod service;
 pub mod ssh;
@@ -29,6 +31,8 @@ pub enum DaemonError {
     Config(#[from] config::ConfigError),
     #[error(transparent)]
     Listen(#[from] listener::ListenError),
+    #[error("{0}")]
+    Audit(std::io::Error),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -48,7 +52,8 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), Daemo
     for warning in &opts.config.warnings {
         tracing::warn!("{warning}");
     }
-    let registry = Arc::new(Registry::new(opts.config, socket_path.clone()));
+    let registry =
+        Arc::new(Registry::new(opts.config, socket_path.clone()).map_err(DaemonError::Audit)?);
     tracing::info!(
         pid = std::process::id(),
         socket = %socket_path.display(),

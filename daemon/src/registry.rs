@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::{Audit, ClientRef, Record};
 use crate::config::{Config, HostConfig};
 use crate::error::Error;
 use crate::ssh::connection::lock;
@@ -54,11 +55,13 @@ pub struct HostEntry {
     status: Mutex<HostStatus>,
     /// Serializes connection attempts, so concurrent first calls share one connection.
     connecting: tokio::sync::Mutex<()>,
+    audit: Arc<Audit>,
 }
 
 impl HostEntry {
-    fn new(config: HostConfig) -> HostEntry {
+    fn new(config: HostConfig, audit: Arc<Audit>) -> HostEntry {
         HostEntry {
+            audit,
             config: Arc::new(config),
             status: Mutex::new(HostStatus {
                 conn: None,
@@ -77,7 +80,10 @@ impl HostEntry {
 
     /// The host's connection, opened now if there is none. The bool is true when this call
     /// opened it. A dead connection is replaced; nothing that may have run is retried.
-    pub async fn connection(&self) -> Result<(Arc<Connection>, bool), Error> {
+    pub async fn connection(
+        &self,
+        caller: &Option<ClientRef>,
+    ) -> Result<(Arc<Connection>, bool), Error> {
         if let Some(conn) = self.live_connection() {
             return Ok((conn, false));
         }
@@ -87,7 +93,19 @@ impl HostEntry {
         }
         self.note_lost_connection();
         self.set_state(ConnState::Connecting, None);
-        match Connection::open(self.config.clone()).await {
+        let started = std::time::Instant::now();
+        let opened = Connection::open(self.config.clone(), self.audit.clone()).await;
+        self.audit.record(Record {
+            action: "connect",
+            outcome: if opened.is_ok() { "ok" } else { "error" },
+            host: Some(self.config.name.clone()),
+            client: caller.clone(),
+            duration_ms: Some(millis(started.elapsed())),
+            fingerprint: opened.as_ref().ok().map(|c| c.info().host_key_fingerprint),
+            error: opened.as_ref().err().map(ToString::to_string),
+            ..Record::default()
+        });
+        match opened {
             Ok(conn) => {
                 let conn = Arc::new(conn);
                 let mut status = lock(&self.status);
@@ -126,19 +144,20 @@ impl HostEntry {
     /// Runs a command on this host, connecting first if needed.
     pub async fn exec(
         &self,
+        caller: &Option<ClientRef>,
         req: &ExecRequest,
         sink: &mpsc::Sender<Output>,
         shutdown: &CancellationToken,
         on_started: impl FnOnce(bool),
     ) -> Result<ExecOutcome, Error> {
-        let (mut conn, mut connected_now) = self.connection().await?;
+        let (mut conn, mut connected_now) = self.connection(caller).await?;
         let channel = match conn.open_work_channel().await {
             Ok(channel) => channel,
             // The connection died before we sent anything (e.g. sshd restarted since the last
             // call): nothing ran, so one fresh connection is safe to try.
             Err(e) if !conn.is_alive() => {
                 tracing::info!(host = %self.config.name, "reconnecting: {e}");
-                (conn, connected_now) = self.connection().await?;
+                (conn, connected_now) = self.connection(caller).await?;
                 conn.open_work_channel().await?
             }
             Err(e) => return Err(e.into()),
@@ -150,7 +169,7 @@ impl HostEntry {
     }
 
     /// Closes the connection, if any. Returns (was connected, channels that were in use).
-    pub async fn disconnect(&self, reason: &str) -> (bool, u32) {
+    pub async fn disconnect(&self, caller: &Option<ClientRef>, reason: &str) -> (bool, u32) {
         let conn = {
             let mut status = lock(&self.status);
             let conn = status.conn.take();
@@ -162,6 +181,14 @@ impl HostEntry {
             Some(conn) if conn.is_alive() => {
                 let busy = conn.channels_in_use();
                 conn.close(reason).await;
+                self.audit.record(Record {
+                    action: "disconnect",
+                    outcome: "ok",
+                    host: Some(self.config.name.clone()),
+                    client: caller.clone(),
+                    error: Some(reason.to_string()),
+                    ..Record::default()
+                });
                 (true, busy)
             }
             _ => (false, 0),
@@ -184,7 +211,7 @@ impl HostEntry {
             server_version: String::new(),
             host_key_fingerprint: String::new(),
             connections_opened: status.connections_opened,
-            restricted: cfg.allowed_commands.is_some(),
+            restricted: cfg.policy.is_some(),
         };
         if let Some(conn) = &status.conn {
             let info = conn.info();
@@ -214,6 +241,7 @@ pub struct ClientRecord {
 }
 
 pub struct Registry {
+    pub audit: Arc<Audit>,
     pub config_path: std::path::PathBuf,
     pub socket_path: std::path::PathBuf,
     pub warnings: Vec<String>,
@@ -229,13 +257,31 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(config: Config, socket_path: std::path::PathBuf) -> Registry {
+    /// Builds the registry; fails only when the audit log cannot be opened.
+    pub fn new(config: Config, socket_path: std::path::PathBuf) -> std::io::Result<Registry> {
+        let audit = Arc::new(match &config.audit_log_file {
+            Some(path) => {
+                let secrets = config
+                    .hosts
+                    .iter()
+                    .filter_map(|h| h.password.clone())
+                    .collect();
+                Audit::open(path, secrets).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot open audit log {}: {e}", path.display()),
+                    )
+                })?
+            }
+            None => Audit::disabled(),
+        });
         let hosts = config
             .hosts
             .into_iter()
-            .map(|h| (h.name.clone(), Arc::new(HostEntry::new(h))))
+            .map(|h| (h.name.clone(), Arc::new(HostEntry::new(h, audit.clone()))))
             .collect();
-        Registry {
+        Ok(Registry {
+            audit,
             config_path: config.path,
             socket_path,
             warnings: config.warnings,
@@ -246,7 +292,7 @@ impl Registry {
             next_client_id: AtomicU64::new(1),
             shutdown_now: CancellationToken::new(),
             shutdown_requested: CancellationToken::new(),
-        }
+        })
     }
 
     pub fn host(&self, name: &str) -> Result<Arc<HostEntry>, Error> {
@@ -290,6 +336,16 @@ impl Registry {
             .cloned()
     }
 
+    /// The audit identity of whoever sent a request on socket connection `conn_id`.
+    pub fn caller(&self, conn_id: Option<u64>) -> Option<ClientRef> {
+        let client = self.client_for_connection(conn_id?)?;
+        Some(ClientRef {
+            name: client.name,
+            version: client.version,
+            pid: client.pid,
+        })
+    }
+
     pub fn clients(&self) -> Vec<ClientRecord> {
         lock(&self.clients).values().cloned().collect()
     }
@@ -299,8 +355,12 @@ impl Registry {
         let mut closing = tokio::task::JoinSet::new();
         for host in self.hosts.values() {
             let host = host.clone();
-            closing.spawn(async move { host.disconnect("mcp-sshd is shutting down").await });
+            closing.spawn(async move { host.disconnect(&None, "mcp-sshd is shutting down").await });
         }
         while closing.join_next().await.is_some() {}
     }
+}
+
+pub fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -9,9 +9,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::audit::{BatchRef, ClientRef, Record};
 use crate::error::Error;
 use crate::listener::PeerInfo;
-use crate::registry::{ClientRecord, ConnState, HostSnapshot, Registry};
+use crate::registry::{ClientRecord, ConnState, HostEntry, HostSnapshot, Registry, millis};
 use crate::ssh::{ExecRequest, Output};
 
 #[derive(Clone)]
@@ -188,8 +189,9 @@ impl pb::hosts_server::Hosts for Service {
         req: Request<pb::ProbeRequest>,
     ) -> Result<Response<pb::ProbeReply>, Status> {
         self.refuse_when_shutting_down()?;
+        let caller = self.registry.caller(peer(&req).map(|p| p.conn_id));
         let host = self.registry.host(&req.into_inner().host)?;
-        host.connection().await?;
+        host.connection(&caller).await?;
         Ok(Response::new(pb::ProbeReply {
             host: Some(host_state(host.snapshot())),
         }))
@@ -199,13 +201,14 @@ impl pb::hosts_server::Hosts for Service {
         &self,
         req: Request<pb::DisconnectRequest>,
     ) -> Result<Response<pb::DisconnectReply>, Status> {
-        let who = peer(&req)
-            .and_then(|p| self.registry.client_for_connection(p.conn_id))
+        let caller = self.registry.caller(peer(&req).map(|p| p.conn_id));
+        let who = caller
+            .as_ref()
             .map(|c| format!("{} (pid {})", c.name, c.pid))
             .unwrap_or_else(|| "a client".into());
         let host = self.registry.host(&req.into_inner().host)?;
         let (was_connected, busy) = host
-            .disconnect(&format!("disconnected at the request of {who}"))
+            .disconnect(&caller, &format!("disconnected at the request of {who}"))
             .await;
         Ok(Response::new(pb::DisconnectReply {
             was_connected,
@@ -220,6 +223,7 @@ impl pb::exec_server::Exec for Service {
 
     async fn run(&self, req: Request<pb::RunRequest>) -> Result<Response<Self::RunStream>, Status> {
         self.refuse_when_shutting_down()?;
+        let caller = self.registry.caller(peer(&req).map(|p| p.conn_id));
         let req = req.into_inner();
         let host = self.registry.host(&req.host)?;
         if req.command.trim().is_empty() {
@@ -231,68 +235,134 @@ impl pb::exec_server::Exec for Service {
             )
             .into());
         }
+        let audit = self.registry.audit.clone();
+        let batch = req.batch.map(|b| BatchRef {
+            id: b.id,
+            index: b.index,
+            size: b.size,
+        });
+        let record = |action, outcome| Record {
+            action,
+            outcome,
+            host: Some(host.config.name.clone()),
+            client: caller.clone(),
+            command: Some(req.command.clone()),
+            cwd: (!req.cwd.is_empty()).then(|| req.cwd.clone()),
+            batch: batch.clone(),
+            ..Record::default()
+        };
+        // allowed_commands: the same rule for every way a command reaches a host.
+        let command = match &host.config.policy {
+            None => req.command.clone(),
+            Some(policy) => match policy.check(&req.command) {
+                Ok(requoted) => requoted,
+                Err(refusal) => {
+                    let error = Error::Refused {
+                        host: host.config.name.clone(),
+                        reason: refusal.to_string(),
+                        allowed: policy.describe(),
+                    };
+                    audit.record(Record {
+                        error: Some(error.to_string()),
+                        ..record("command", "refused")
+                    });
+                    return Err(error.into());
+                }
+            },
+        };
+        tracing::debug!(host = %host.config.name, command = %audit.scrub(&command), "exec");
+        audit.record(record("command_started", "started"));
+        let finished = record("command_finished", "ok");
         let idle_timeout = match req.timeout_secs {
             0 => host.config.command_timeout,
             secs => Duration::from_secs(u64::from(secs)),
         };
         let exec = ExecRequest {
-            command: req.command,
+            command,
             cwd: (!req.cwd.is_empty()).then_some(req.cwd),
             idle_timeout,
         };
         let shutdown = self.registry.shutdown_now.clone();
         let (tx, rx) = mpsc::channel(32);
         tokio::spawn(async move {
-            let (out_tx, mut out_rx) = mpsc::channel::<Output>(32);
-            let started_tx = tx.clone();
-            let run = async move {
-                let on_started = |connected_now| {
-                    let started = pb::RunEvent {
-                        event: Some(run_event::Event::Started(pb::Started { connected_now })),
-                    };
-                    let _ = started_tx.try_send(Ok(started));
-                };
-                host.exec(&exec, &out_tx, &shutdown, on_started).await
+            let started = std::time::Instant::now();
+            let (result, bytes) = forward_exec(&host, &caller, &exec, &shutdown, &tx).await;
+            let mut finished = Record {
+                bytes: Some(bytes),
+                duration_ms: Some(millis(started.elapsed())),
+                ..finished
             };
-            tokio::pin!(run);
-            // Forward output until the command ends; if the caller goes away, close the output
-            // channel so the command sees it and is stopped remotely.
-            let mut caller_gone = false;
-            let result = loop {
-                tokio::select! {
-                    result = &mut run => break result,
-                    Some(out) = out_rx.recv() => {
-                        if tx.send(Ok(output_event(out))).await.is_err() {
-                            caller_gone = true;
-                            out_rx.close();
-                        }
-                    }
-                    () = tx.closed(), if !caller_gone => {
-                        tracing::debug!("caller dropped the exec stream; stopping the command");
-                        caller_gone = true;
-                        out_rx.close();
-                    }
+            let last = match result {
+                Ok(outcome) => {
+                    finished.exit_code = outcome.code;
+                    finished.signal = outcome.signal.clone();
+                    Ok(pb::RunEvent {
+                        event: Some(run_event::Event::Exit(pb::Exit {
+                            code: outcome.code,
+                            signal: outcome.signal.unwrap_or_default(),
+                            core_dumped: outcome.core_dumped,
+                            duration_ms: millis(outcome.duration),
+                        })),
+                    })
+                }
+                Err(e) => {
+                    finished.outcome = "error";
+                    finished.error = Some(e.to_string());
+                    Err(Status::from(e))
                 }
             };
-            while let Ok(out) = out_rx.try_recv() {
-                let _ = tx.send(Ok(output_event(out))).await;
-            }
-            let last = match result {
-                Ok(outcome) => Ok(pb::RunEvent {
-                    event: Some(run_event::Event::Exit(pb::Exit {
-                        code: outcome.code,
-                        signal: outcome.signal.unwrap_or_default(),
-                        core_dumped: outcome.core_dumped,
-                        duration_ms: u64::try_from(outcome.duration.as_millis())
-                            .unwrap_or(u64::MAX),
-                    })),
-                }),
-                Err(e) => Err(Status::from(e)),
-            };
+            audit.record(finished);
             let _ = tx.send(last).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// Runs the command and forwards its output to the caller's stream as it arrives. If the caller
+/// goes away, closes the output channel so the command sees it and is stopped remotely.
+/// Returns the outcome and the number of output bytes.
+async fn forward_exec(
+    host: &HostEntry,
+    caller: &Option<ClientRef>,
+    exec: &ExecRequest,
+    shutdown: &tokio_util::sync::CancellationToken,
+    tx: &mpsc::Sender<Result<pb::RunEvent, Status>>,
+) -> (Result<crate::ssh::ExecOutcome, Error>, u64) {
+    let (out_tx, mut out_rx) = mpsc::channel::<Output>(32);
+    let on_started = |connected_now| {
+        let started = pb::RunEvent {
+            event: Some(run_event::Event::Started(pb::Started { connected_now })),
+        };
+        let _ = tx.try_send(Ok(started));
+    };
+    let mut bytes = 0u64;
+    let mut caller_gone = false;
+    let run = host.exec(caller, exec, &out_tx, shutdown, on_started);
+    tokio::pin!(run);
+    let result = loop {
+        tokio::select! {
+            result = &mut run => break result,
+            Some(out) = out_rx.recv() => {
+                bytes += out.len() as u64;
+                if tx.send(Ok(output_event(out))).await.is_err() {
+                    caller_gone = true;
+                    out_rx.close();
+                }
+            }
+            () = tx.closed(), if !caller_gone => {
+                tracing::debug!("caller dropped the exec stream; stopping the command");
+                caller_gone = true;
+                out_rx.close();
+            }
+        }
+    };
+    // The command is over and the sender is no longer in use: drain what is left.
+    out_rx.close();
+    while let Some(out) = out_rx.recv().await {
+        bytes += out.len() as u64;
+        let _ = tx.send(Ok(output_event(out))).await;
+    }
+    (result, bytes)
 }
 
 fn output_event(out: Output) -> pb::RunEvent {

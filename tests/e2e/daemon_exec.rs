@@ -79,6 +79,7 @@ async fn exec_should_honour_cwd_quoted() {
         command: "pwd".into(),
         cwd: "/tmp".into(),
         timeout_secs: 0,
+        ..Default::default()
     };
     assert_eq!(
         rpc::run_request(&client, request).await.stdout_text(),
@@ -89,6 +90,7 @@ async fn exec_should_honour_cwd_quoted() {
         command: "pwd".into(),
         cwd: "/nonexistent dir; touch /tmp/pwned".into(),
         timeout_secs: 0,
+        ..Default::default()
     };
     let bad = rpc::run_request(&client, request).await;
     assert_eq!(bad.code(), Some(1));
@@ -271,6 +273,7 @@ async fn dropping_the_stream_should_stop_the_remote_command() {
         command: format!("echo up; sleep 3600.{token}"),
         cwd: String::new(),
         timeout_secs: 0,
+        ..Default::default()
     };
     let mut stream = client.exec().run(request).await.unwrap().into_inner();
     // Wait until it runs, then walk away.

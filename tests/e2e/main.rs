@@ -5,7 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+mod daemon_auth;
 mod daemon_exec;
 mod daemon_hostkeys;
 mod daemon_lifecycle;
+mod security;
 mod shim;

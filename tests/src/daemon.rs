@@ -17,6 +17,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// Extra environment for the daemon process (e.g. SSH_AUTH_SOCK).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -40,6 +42,7 @@ impl Daemon {
             log: dir.path().join("run").join("d.sock.log"),
             config,
             dir,
+            env: Vec::new(),
             child: None,
         }
     }
@@ -61,7 +64,9 @@ impl Daemon {
         command
             .env_remove("MCP_SSH_SOCKET")
             .env_remove("MCP_SSH_CONFIG")
-            .env_remove("RUST_LOG");
+            .env_remove("RUST_LOG")
+            .env_remove("SSH_AUTH_SOCK")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         command
     }
 

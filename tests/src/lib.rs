@@ -4,6 +4,7 @@
 // Fixture code runs only inside tests, where a panic is a test failure with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod agent;
 pub mod bins;
 pub mod daemon;
 pub mod rpc;

@@ -44,6 +44,7 @@ pub async fn run(client: &DaemonClient, host: &str, command: &str, timeout_secs:
         command: command.into(),
         cwd: String::new(),
         timeout_secs,
+        ..Default::default()
     };
     run_request(client, request).await
 }

@@ -260,6 +260,22 @@ impl Sshd {
         path
     }
 
+    /// Generates a key pair (with `passphrase`, if any) and adds it to authorized_keys.
+    pub fn authorized_key(&self, name: &str, passphrase: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        let status = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-C", name, "-N", passphrase, "-f"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let public = fs::read_to_string(path.with_extension("pub")).unwrap();
+        let mut keys = fs::read_to_string(self.dir.path().join("authorized_keys")).unwrap();
+        keys.push_str(&public);
+        fs::write(self.dir.path().join("authorized_keys"), keys).unwrap();
+        path
+    }
+
     /// A hosts.json entry for this server.
     pub fn host(&self, name: &str, user: &str) -> serde_json::Value {
         serde_json::json!({

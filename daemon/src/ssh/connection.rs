@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::known_hosts::{self, Verdict};
 use super::{SshError, auth};
+use crate::audit::{Audit, Record};
 use crate::config::HostConfig;
 
 /// How long a refused channel open is retried before giving up; the server may be at its own
@@ -39,11 +40,27 @@ struct Shared {
     key_refusal: Mutex<Option<SshError>>,
     lost_reason: Mutex<Option<String>>,
     lost: CancellationToken,
+    /// Set once authentication succeeded: only then is a drop a lost connection.
+    authenticated: std::sync::atomic::AtomicBool,
 }
 
 struct Handler {
     host: Arc<HostConfig>,
     shared: Arc<Shared>,
+    audit: Arc<Audit>,
+}
+
+impl Handler {
+    fn audit_key(&self, outcome: &'static str, fingerprint: &str, error: Option<String>) {
+        self.audit.record(Record {
+            action: "host_key",
+            outcome,
+            host: Some(self.host.name.clone()),
+            fingerprint: Some(fingerprint.to_string()),
+            error,
+            ..Record::default()
+        });
+    }
 }
 
 impl client::Handler for Handler {
@@ -67,6 +84,7 @@ impl client::Handler for Handler {
         let host = &self.host;
         if host.auto_accept_host_key {
             tracing::info!(host = %host.name, %algorithm, %fingerprint, "host key accepted without verification (auto_accept_host_key)");
+            self.audit_key("auto_accepted", &fingerprint, None);
             return Ok(true);
         }
         let refusal =
@@ -105,6 +123,13 @@ impl client::Handler for Handler {
                 },
             };
         tracing::warn!(host = %host.name, "{refusal}");
+        let outcome = match refusal {
+            SshError::HostKeyChanged { .. } => "refused_changed",
+            SshError::HostKeyRevoked { .. } => "refused_revoked",
+            _ => "refused_unknown",
+        };
+        let fingerprint = lock(&self.shared.info).host_key_fingerprint.clone();
+        self.audit_key(outcome, &fingerprint, Some(refusal.to_string()));
         *lock(&self.shared.key_refusal) = Some(refusal);
         Ok(false)
     }
@@ -135,7 +160,19 @@ impl client::Handler for Handler {
             DisconnectReason::Error(e) => (describe_russh_error(&e), Err(e)),
         };
         tracing::info!(host = %self.host.name, "SSH connection ended: {text}");
-        lock(&self.shared.lost_reason).get_or_insert(text);
+        let mut reason = lock(&self.shared.lost_reason);
+        // A reason already set means we closed it ourselves (and audited that).
+        if reason.is_none() && self.shared.authenticated.load(Ordering::Relaxed) {
+            self.audit.record(Record {
+                action: "connection_lost",
+                outcome: "error",
+                host: Some(self.host.name.clone()),
+                error: Some(text.clone()),
+                ..Record::default()
+            });
+        }
+        reason.get_or_insert(text);
+        drop(reason);
         self.shared.lost.cancel();
         result
     }
@@ -169,11 +206,11 @@ impl Drop for ChannelSlot {
 
 impl Connection {
     /// Opens a connection to `host`, bounded by its `connect_timeout` as a whole.
-    pub async fn open(host: Arc<HostConfig>) -> Result<Connection, SshError> {
+    pub async fn open(host: Arc<HostConfig>, audit: Arc<Audit>) -> Result<Connection, SshError> {
         let deadline = host.connect_timeout;
         let target = host.target();
         let stage = Arc::new(Mutex::new("TCP connect"));
-        let attempt = Self::open_inner(host, stage.clone());
+        let attempt = Self::open_inner(host, audit, stage.clone());
         match tokio::time::timeout(deadline, attempt).await {
             Ok(result) => result,
             Err(_) => Err(SshError::ConnectTimeout {
@@ -186,6 +223,7 @@ impl Connection {
 
     async fn open_inner(
         host: Arc<HostConfig>,
+        audit: Arc<Audit>,
         stage: Arc<Mutex<&'static str>>,
     ) -> Result<Connection, SshError> {
         let target = host.target();
@@ -212,6 +250,7 @@ impl Connection {
         let handler = Handler {
             host: host.clone(),
             shared: shared.clone(),
+            audit,
         };
         let mut handle = match client::connect_stream(config, tcp, handler).await {
             Ok(handle) => handle,
@@ -227,6 +266,7 @@ impl Connection {
         };
         *lock(&stage) = "authentication";
         auth::authenticate(&mut handle, &host).await?;
+        shared.authenticated.store(true, Ordering::Relaxed);
         let budget = host.max_sessions;
         let (work, control) = if budget >= 2 {
             (budget - 1, 1)

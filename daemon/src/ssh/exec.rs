@@ -37,6 +37,18 @@ pub enum Output {
     Stderr(Vec<u8>),
 }
 
+impl Output {
+    pub fn len(&self) -> usize {
+        match self {
+            Output::Stdout(d) | Output::Stderr(d) => d.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecOutcome {
     pub code: Option<i32>,

@@ -286,6 +286,7 @@ async fn exec(
         command,
         cwd: cwd.unwrap_or_default(),
         timeout_secs: timeout.unwrap_or(0),
+        ..Default::default()
     };
     let mut stream = match client.exec().run(request).await {
         Ok(response) => response.into_inner(),

@@ -75,6 +75,16 @@ pub struct Shim {
     link: Arc<DaemonLink>,
 }
 
+/// One command to run, as a tool call describes it.
+struct CommandCall {
+    host: String,
+    command: String,
+    cwd: Option<String>,
+    timeout: Option<u32>,
+    max_output: Option<u32>,
+    batch: Option<pb::Batch>,
+}
+
 /// What one command produced, before it becomes a tool result.
 struct Ran {
     result: ExecResult,
@@ -141,24 +151,23 @@ impl Shim {
         }
     }
 
+    /// Runs one command through the daemon, collecting bounded output and sending progress
+    /// heartbeats; cancellation drops the call, which stops the remote command.
     async fn run_command(
         &self,
         ctx: &RequestContext<RoleServer>,
-        host: &str,
-        command: &str,
-        cwd: Option<&str>,
-        timeout: Option<u32>,
-        max_output: Option<u32>,
+        call: CommandCall,
     ) -> Result<Ran, String> {
-        let limit = match max_output {
+        let limit = match call.max_output {
             Some(n) => n.clamp(1024, HARD_MAX_OUTPUT),
             None => self.default_output_limit(ctx).await?,
         } as usize;
         let request = pb::RunRequest {
-            host: host.to_string(),
-            command: command.to_string(),
-            cwd: cwd.unwrap_or_default().to_string(),
-            timeout_secs: timeout.unwrap_or(0),
+            host: call.host,
+            command: call.command,
+            cwd: call.cwd.unwrap_or_default(),
+            timeout_secs: call.timeout.unwrap_or(0),
+            batch: call.batch,
         };
         let mut stream = self
             .with_daemon(ctx, |client| {
@@ -266,17 +275,15 @@ impl Shim {
         Parameters(p): Parameters<ExecuteParams>,
         ctx: RequestContext<RoleServer>,
     ) -> CallToolResult {
-        match self
-            .run_command(
-                &ctx,
-                &p.host,
-                &p.command,
-                p.cwd.as_deref(),
-                p.timeout,
-                p.max_output,
-            )
-            .await
-        {
+        let call = CommandCall {
+            host: p.host,
+            command: p.command,
+            cwd: p.cwd,
+            timeout: p.timeout,
+            max_output: p.max_output,
+            batch: None,
+        };
+        match self.run_command(&ctx, call).await {
             Ok(Ran {
                 result,
                 error: None,
@@ -301,15 +308,27 @@ impl Shim {
         }
         let mut items = Vec::new();
         let mut failed = false;
-        for command in &p.commands {
+        let id = batch_id();
+        let size = u32::try_from(p.commands.len()).unwrap_or(u32::MAX);
+        for (index, command) in (0u32..).zip(&p.commands) {
+            let batch = Some(pb::Batch {
+                id: id.clone(),
+                index,
+                size,
+            });
             if failed || ctx.ct.is_cancelled() {
                 items.push(BatchItem::not_run(command));
                 continue;
             }
-            let item = match self
-                .run_command(&ctx, &p.host, command, None, p.timeout, None)
-                .await
-            {
+            let call = CommandCall {
+                host: p.host.clone(),
+                command: command.clone(),
+                cwd: None,
+                timeout: p.timeout,
+                max_output: None,
+                batch,
+            };
+            let item = match self.run_command(&ctx, call).await {
                 Ok(Ran { result, error }) => BatchItem::ran(command, result, error),
                 Err(text) => BatchItem::failed_to_run(command, text),
             };
@@ -459,6 +478,21 @@ fn strip_keys(schema: &mut rmcp::model::JsonObject, keys: &[&str]) {
 
 fn schema<T: JsonSchema + 'static>() -> Arc<rmcp::model::JsonObject> {
     rmcp::handler::server::common::schema_for_output::<T>()
+}
+
+/// Identifies one batch in the audit log: this shim's pid, the time, and a counter.
+fn batch_id() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    format!(
+        "{}-{now}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn error_result(text: String) -> CallToolResult {
