@@ -9,12 +9,14 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 fn target_dir() -> PathBuf {
-    // <target>/<profile>/deps/e2e-HASH -> <target>/<profile>
-    let exe = std::env::current_exe().expect("cannot find the test executable");
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .expect("unexpected test executable location")
-        .to_path_buf()
+    // A test: <target>/<profile>/deps/e2e-HASH; a binary (the benchmark): <target>/<profile>/NAME.
+    let exe = std::env::current_exe().expect("cannot find the running executable");
+    let dir = exe.parent().expect("unexpected executable location");
+    if dir.ends_with("deps") {
+        dir.parent().unwrap_or(dir).to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 fn ensure_built() {

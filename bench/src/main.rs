@@ -1,0 +1,490 @@
+//! `cargo run --release -p mcp-ssh-bench`: mcp-ssh next to OpenSSH, measured in the same run on
+//! the same throwaway sshd (machines are shared and noisy, so the ratios are what count).
+//!
+//! It starts its own sshd (logging in as a clean user), its own daemon and real shims, prints a
+//! table (figure, ours, OpenSSH, ratio) and writes it as JSON. `--smoke` runs a few iterations of
+//! everything, to keep the benchmark working in CI; it asserts nothing about time.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use mcp_ssh_tests::daemon::{Daemon, hosts_json, stop_by_lock_file};
+use mcp_ssh_tests::shim::{Shim, ShimOptions, is_error, text};
+use mcp_ssh_tests::{Sshd, SshdOptions, login_user};
+use serde_json::{Value, json};
+
+#[derive(Parser, Debug)]
+#[command(name = "mcp-ssh-bench")]
+struct Args {
+    /// A few iterations of everything (CI keeps the benchmark working; no timing claims)
+    #[arg(long)]
+    smoke: bool,
+    /// Where to write the results as JSON
+    #[arg(long, default_value = "target/bench/results.json")]
+    json: PathBuf,
+}
+
+/// One row of the table: our figure and OpenSSH's, in the same unit.
+struct Row {
+    figure: String,
+    unit: &'static str,
+    ours: f64,
+    openssh: Option<f64>,
+    note: String,
+}
+
+struct Bench {
+    smoke: bool,
+    sshd: Sshd,
+    user: String,
+    rows: Vec<Row>,
+}
+
+fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    let rank = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples.get(rank).copied().unwrap_or(f64::NAN)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl Bench {
+    fn n(&self, full: usize) -> usize {
+        if self.smoke { full.clamp(1, 3) } else { full }
+    }
+
+    fn row(
+        &mut self,
+        figure: impl Into<String>,
+        unit: &'static str,
+        ours: f64,
+        openssh: Option<f64>,
+        note: impl Into<String>,
+    ) {
+        self.rows.push(Row {
+            figure: figure.into(),
+            unit,
+            ours,
+            openssh,
+            note: note.into(),
+        });
+    }
+
+    /// Common OpenSSH client options against the fixture.
+    fn ssh_base(&self) -> Command {
+        let mut c = Command::new("ssh");
+        c.args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-i",
+        ])
+        .arg(&self.sshd.client_key)
+        .arg("-o")
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            self.sshd.known_hosts.display()
+        ))
+        .args(["-p", &self.sshd.port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+        c
+    }
+
+    fn time_ssh(&self, extra: &[String], command: &str, runs: usize) -> anyhow::Result<Vec<f64>> {
+        let mut samples = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let started = Instant::now();
+            let status = self
+                .ssh_base()
+                .args(extra)
+                .arg(format!("{}@127.0.0.1", self.user))
+                .arg(command)
+                .status()?;
+            samples.push(ms(started.elapsed()));
+            if !status.success() {
+                bail!("ssh {command} failed: {status}");
+            }
+        }
+        Ok(samples)
+    }
+}
+
+/// hosts.json with `aliases` names for the same server: `box`, `box1`, `box2`, ...
+fn config_for(sshd: &Sshd, user: &str, aliases: usize) -> String {
+    let hosts: Vec<Value> = (0..aliases.max(1))
+        .map(|i| {
+            sshd.host(
+                &if i == 0 {
+                    "box".to_string()
+                } else {
+                    format!("box{i}")
+                },
+                user,
+            )
+        })
+        .collect();
+    // Quiet logs: the daemon's own logging is not what is measured.
+    hosts_json(&hosts).replace("\"DEBUG\"", "\"WARNING\"")
+}
+
+async fn shim(daemon: &Daemon, name: &str) -> Shim {
+    Shim::spawn(ShimOptions {
+        socket: &daemon.socket,
+        config: Some(&daemon.config),
+        cwd: None,
+        client_name: name,
+    })
+    .await
+}
+
+async fn execute(shim: &Shim, host: &str, command: &str) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let result = shim
+        .call("ssh_execute", json!({ "host": host, "command": command }))
+        .await;
+    let elapsed = started.elapsed();
+    if is_error(&result) {
+        bail!("ssh_execute {command} failed: {}", text(&result));
+    }
+    Ok(elapsed)
+}
+
+/// 1. Warm command latency: through the shim over MCP, vs ControlMaster, vs a fresh ssh.
+async fn warm_exec(b: &mut Bench, daemon: &Daemon) -> anyhow::Result<()> {
+    let shim = shim(daemon, "bench").await;
+    execute(&shim, "box", "echo hi").await?; // connect
+    let runs = b.n(200);
+    let mut ours = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        ours.push(ms(execute(&shim, "box", "echo hi").await?));
+    }
+    let control = b.sshd.dir.path().join("cm-%C");
+    let cm: Vec<String> = ["-o", "ControlMaster=auto", "-o", "ControlPersist=120", "-o"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([format!("ControlPath={}", control.display())])
+        .collect();
+    b.time_ssh(&cm, "true", 1)?; // open the master
+    let mut master = b.time_ssh(&cm, "echo hi", runs)?;
+    let mut fresh = b.time_ssh(&[], "echo hi", b.n(20))?;
+    let (o50, o95) = (percentile(&mut ours, 0.5), percentile(&mut ours, 0.95));
+    let (m50, m95) = (percentile(&mut master, 0.5), percentile(&mut master, 0.95));
+    b.row(
+        "ssh_execute `echo hi` p50 (shim, MCP) vs ssh ControlMaster",
+        "ms",
+        o50,
+        Some(m50),
+        format!("{runs} calls"),
+    );
+    b.row(
+        "ssh_execute `echo hi` p95 (shim, MCP) vs ssh ControlMaster",
+        "ms",
+        o95,
+        Some(m95),
+        format!("{runs} calls"),
+    );
+    b.row(
+        "ssh_execute `echo hi` p50 vs fresh `ssh host echo hi`",
+        "ms",
+        o50,
+        Some(percentile(&mut fresh, 0.5)),
+        "",
+    );
+
+    // mcp-sshctl exec spawns a process per call, as ssh does: the like-for-like comparison.
+    let ctl = mcp_ssh_tests::bins::bin("mcp-sshctl");
+    let mut ctl_samples = Vec::new();
+    for _ in 0..b.n(100) {
+        let started = Instant::now();
+        let status = Command::new(&ctl)
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .args(["exec", "box", "--", "true"])
+            .stdout(Stdio::null())
+            .status()?;
+        ctl_samples.push(ms(started.elapsed()));
+        if !status.success() {
+            bail!("mcp-sshctl exec failed");
+        }
+    }
+    let mut master_true = b.time_ssh(&cm, "true", b.n(100))?;
+    b.row(
+        "`mcp-sshctl exec box -- true` p50 vs ssh ControlMaster `true`",
+        "ms",
+        percentile(&mut ctl_samples, 0.5),
+        Some(percentile(&mut master_true, 0.5)),
+        "both spawn a client process per call",
+    );
+    let _ = b
+        .ssh_base()
+        .args(&cm)
+        .args(["-O", "exit"])
+        .arg(format!("{}@127.0.0.1", b.user))
+        .stderr(Stdio::null())
+        .status();
+    Ok(())
+}
+
+/// 2. Start-up: shim spawn → initialize; → first ssh_execute (daemon connected / no daemon).
+async fn startup(b: &mut Bench, daemon: &Daemon) -> anyhow::Result<()> {
+    let mut init = Vec::new();
+    for _ in 0..b.n(50) {
+        let started = Instant::now();
+        let s = shim(daemon, "bench-start").await;
+        init.push(ms(started.elapsed()));
+        drop(s);
+    }
+    b.row(
+        "shim spawn → initialize response p50",
+        "ms",
+        percentile(&mut init, 0.5),
+        None,
+        "target ≤ 20 ms",
+    );
+
+    let mut first = Vec::new();
+    for _ in 0..b.n(20) {
+        let started = Instant::now();
+        let s = shim(daemon, "bench-first").await;
+        execute(&s, "box", "echo hi").await?;
+        first.push(ms(started.elapsed()));
+    }
+    let mut fresh = b.time_ssh(&[], "echo hi", b.n(10))?;
+    b.row(
+        "shim spawn → first ssh_execute, daemon connected, p50",
+        "ms",
+        percentile(&mut first, 0.5),
+        Some(percentile(&mut fresh, 0.5)),
+        "vs fresh ssh",
+    );
+
+    let mut cold = Vec::new();
+    for _ in 0..b.n(5) {
+        let d = Daemon::prepare(&config_for(&b.sshd, &b.user, 1));
+        let started = Instant::now();
+        let s = shim(&d, "bench-cold").await;
+        execute(&s, "box", "echo hi").await?;
+        cold.push(ms(started.elapsed()));
+        drop(s);
+        stop_by_lock_file(&d.socket);
+    }
+    b.row(
+        "shim spawn → first ssh_execute, no daemon (autostart + connect), p50",
+        "ms",
+        percentile(&mut cold, 0.5),
+        Some(percentile(&mut fresh, 0.5)),
+        "vs fresh ssh",
+    );
+    Ok(())
+}
+
+/// 4. 50 concurrent calls from 5 shims against MaxSessions 10, vs the same 50 one at a time.
+async fn concurrency(b: &mut Bench) -> anyhow::Result<()> {
+    let sshd = Sshd::start_with(SshdOptions {
+        max_sessions: Some(10),
+        ..Default::default()
+    });
+    let daemon = Daemon::start(&config_for(&sshd, &b.user, 1));
+    let mut shims = Vec::new();
+    for i in 0..5 {
+        shims.push(shim(&daemon, &format!("bench-c{i}")).await);
+    }
+    execute(&shims[0], "box", "true").await?;
+    let per_shim = if b.smoke { 2 } else { 10 };
+    let command = "sleep 0.05; echo done";
+    let started = Instant::now();
+    let mut failures = 0usize;
+    let mut pending = Vec::new();
+    for s in &shims {
+        for _ in 0..per_shim {
+            pending.push(s.call("ssh_execute", json!({ "host": "box", "command": command })));
+        }
+    }
+    let total = pending.len();
+    for result in join_all(pending).await {
+        if is_error(&result) {
+            failures += 1;
+        }
+    }
+    let concurrent = ms(started.elapsed());
+    let started = Instant::now();
+    for _ in 0..total {
+        execute(&shims[0], "box", command).await?;
+    }
+    let sequential = ms(started.elapsed());
+    b.row(
+        format!("{total} concurrent ssh_execute from 5 shims, MaxSessions 10 (vs one at a time)"),
+        "ms",
+        concurrent,
+        Some(sequential),
+        format!("{failures} failures; the reference column is our own sequential run"),
+    );
+    Ok(())
+}
+
+/// 5. Memory: the daemon with 10 hosts connected, and one shim.
+async fn memory(b: &mut Bench) -> anyhow::Result<()> {
+    let daemon = Daemon::start(&config_for(&b.sshd, &b.user, 10));
+    let s = shim(&daemon, "bench-mem").await;
+    for i in 0..10 {
+        let host = if i == 0 {
+            "box".to_string()
+        } else {
+            format!("box{i}")
+        };
+        execute(&s, &host, "echo hi").await?;
+    }
+    let daemon_pid = daemon.pid().context("daemon pid")?;
+    b.row(
+        "mcp-sshd peak RSS, 10 hosts connected",
+        "MiB",
+        rss_mib(daemon_pid, "VmHWM")?,
+        None,
+        "target ≤ 20 MiB",
+    );
+    let shim_pid = shim_pid(&daemon.socket).context("shim pid")?;
+    b.row(
+        "mcp-ssh-shim peak RSS",
+        "MiB",
+        rss_mib(shim_pid, "VmHWM")?,
+        None,
+        "target ≤ 10 MiB",
+    );
+    Ok(())
+}
+
+fn rss_mib(pid: u32, field: &str) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .context("no RSS figure in /proc")?;
+    Ok(kb / 1024.0)
+}
+
+/// The shim attached to this socket, found through /proc.
+fn shim_pid(socket: &Path) -> Option<u32> {
+    let needle = socket.display().to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        (comm.trim() == "mcp-ssh-shim" && String::from_utf8_lossy(&cmdline).contains(&needle))
+            .then_some(pid)
+    })
+}
+
+async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut pending: Vec<Option<std::pin::Pin<Box<F>>>> =
+        futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (slot, out) in pending.iter_mut().zip(results.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *out = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    results.into_iter().flatten().collect()
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "\n{:<78} {:>10} {:>10} {:>7}  note",
+        "figure", "ours", "OpenSSH", "ratio"
+    );
+    for r in rows {
+        let reference = r
+            .openssh
+            .map(|v| format!("{v:.2}"))
+            .unwrap_or_else(|| "-".into());
+        let ratio = r
+            .openssh
+            .map(|v| format!("{:.2}", r.ours / v))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<78} {:>7.2} {:<2} {:>10} {:>7}  {}",
+            r.figure, r.ours, r.unit, reference, ratio, r.note
+        );
+    }
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let ssh = Command::new("ssh")
+        .arg("-V")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+        .unwrap_or_default();
+    json!({ "cpu": cpu, "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "openssh": ssh })
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let sshd = Sshd::start();
+    let user = login_user();
+    let mut b = Bench {
+        smoke: args.smoke,
+        sshd,
+        user,
+        rows: Vec::new(),
+    };
+    let daemon = Daemon::start(&config_for(&b.sshd, &b.user, 1));
+    eprintln!(
+        "benchmarking as {} against sshd on 127.0.0.1:{} ...",
+        b.user, b.sshd.port
+    );
+    warm_exec(&mut b, &daemon).await?;
+    startup(&mut b, &daemon).await?;
+    drop(daemon);
+    concurrency(&mut b).await?;
+    memory(&mut b).await?;
+    print_table(&b.rows);
+    let rows: Vec<Value> = b
+        .rows
+        .iter()
+        .map(|r| {
+            json!({ "figure": r.figure, "unit": r.unit, "ours": r.ours, "openssh": r.openssh,
+                         "ratio": r.openssh.map(|v| r.ours / v), "note": r.note })
+        })
+        .collect();
+    let report = json!({ "smoke": args.smoke, "machine": machine(), "rows": rows });
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
+    eprintln!("results written to {}", args.json.display());
+    Ok(())
+}
