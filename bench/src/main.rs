@@ -158,7 +158,7 @@ async fn execute(shim: &Shim, host: &str, command: &str) -> anyhow::Result<Durat
     Ok(elapsed)
 }
 
-/// 1. Warm command latency: through the shim over MCP, vs ControlMaster, vs a fresh ssh.
+/// Figure 1, warm command latency: through the shim over MCP, vs ControlMaster, vs a fresh ssh.
 async fn warm_exec(b: &mut Bench, daemon: &Daemon) -> anyhow::Result<()> {
     let shim = shim(daemon, "bench").await;
     execute(&shim, "box", "echo hi").await?; // connect
@@ -234,7 +234,7 @@ async fn warm_exec(b: &mut Bench, daemon: &Daemon) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// 2. Start-up: shim spawn → initialize; → first ssh_execute (daemon connected / no daemon).
+/// Figure 2, start-up: shim spawn → initialize; → first ssh_execute (daemon connected / no daemon).
 async fn startup(b: &mut Bench, daemon: &Daemon) -> anyhow::Result<()> {
     let mut init = Vec::new();
     for _ in 0..b.n(50) {
@@ -287,7 +287,213 @@ async fn startup(b: &mut Bench, daemon: &Daemon) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// 4. 50 concurrent calls from 5 shims against MaxSessions 10, vs the same 50 one at a time.
+/// Figure 3, throughput: a large file through the shim vs OpenSSH's sftp and scp (same sshd,
+/// same cipher, OpenSSH multiplexed over a ControlMaster so neither side pays a login).
+async fn transfers(b: &mut Bench, daemon: &Daemon) -> anyhow::Result<()> {
+    let mib = if b.smoke { 8 } else { 512 };
+    let work = tempfile_dir("mcpssh-bench-")?;
+    let remote = tempfile_dir("mcpssh-bench-remote-")?;
+    std::fs::set_permissions(&remote, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+    let source = work.join("payload.bin");
+    let status = Command::new("head")
+        .args(["-c", &(mib * 1024 * 1024).to_string(), "/dev/urandom"])
+        .stdout(std::fs::File::create(&source)?)
+        .status()?;
+    if !status.success() {
+        bail!("cannot create the payload");
+    }
+    let cipher = if std::arch::is_x86_feature_detected!("aes") {
+        "aes256-gcm@openssh.com"
+    } else {
+        "chacha20-poly1305@openssh.com"
+    };
+    let throughput = |d: Duration| mib as f64 / d.as_secs_f64();
+    let shim = shim(daemon, "bench-transfer").await;
+    execute(&shim, "box", "true").await?;
+
+    let timed = |tool: &'static str, args: Value| {
+        let shim = &shim;
+        async move {
+            let started = Instant::now();
+            let result = shim.call(tool, args).await;
+            if is_error(&result) {
+                bail!("{tool} failed: {}", text(&result));
+            }
+            anyhow::Ok(started.elapsed())
+        }
+    };
+    // Each figure is the median of `rounds` runs: single transfers on a shared machine vary a lot.
+    let rounds = if b.smoke { 1 } else { 3 };
+    let median = |mut runs: Vec<Duration>| {
+        runs.sort();
+        runs[runs.len() / 2]
+    };
+    let (mut ups, mut downs) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        ups.push(timed("ssh_upload", json!({ "host": "box", "local_path": source, "remote_path": remote.join("ours.bin") })).await?);
+        let back = work.join("ours.back");
+        downs.push(timed("ssh_download", json!({ "host": "box", "remote_path": remote.join("ours.bin"), "local_path": back })).await?);
+        std::fs::remove_file(work.join("ours.back"))?;
+    }
+    let (up, down) = (median(ups), median(downs));
+
+    let control = b.sshd.dir.path().join("cmx-%C");
+    let common: Vec<String> = vec![
+        "-i".into(),
+        b.sshd.client_key.display().to_string(),
+        "-o".into(),
+        format!("UserKnownHostsFile={}", b.sshd.known_hosts.display()),
+        "-o".into(),
+        "BatchMode=yes".into(),
+        "-o".into(),
+        "ControlMaster=auto".into(),
+        "-o".into(),
+        format!("ControlPath={}", control.display()),
+        "-o".into(),
+        "ControlPersist=60".into(),
+        "-c".into(),
+        cipher.into(),
+    ];
+    let target = format!("{}@127.0.0.1", b.user);
+    let port = b.sshd.port.to_string();
+    let run = |program: &str, args: &[String]| -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let status = Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("{program} failed");
+        }
+        Ok(started.elapsed())
+    };
+    // Open the master first so neither tool pays the login.
+    run(
+        "ssh",
+        &[
+            common.clone(),
+            vec!["-p".into(), port.clone(), target.clone(), "true".into()],
+        ]
+        .concat(),
+    )?;
+    let batch = work.join("batch");
+    let sftp_args = |batch: &Path| {
+        [
+            common.clone(),
+            vec![
+                "-P".into(),
+                port.clone(),
+                "-b".into(),
+                batch.display().to_string(),
+                target.clone(),
+            ],
+        ]
+        .concat()
+    };
+    let (mut sftp_ups, mut sftp_downs, mut scp_ups, mut scp_downs) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        std::fs::write(
+            &batch,
+            format!(
+                "put {} {}\n",
+                source.display(),
+                remote.join("sftp.bin").display()
+            ),
+        )?;
+        sftp_ups.push(run("sftp", &sftp_args(&batch))?);
+        std::fs::write(
+            &batch,
+            format!(
+                "get {} {}\n",
+                remote.join("sftp.bin").display(),
+                work.join("sftp.back").display()
+            ),
+        )?;
+        sftp_downs.push(run("sftp", &sftp_args(&batch))?);
+        scp_ups.push(run(
+            "scp",
+            &[
+                common.clone(),
+                vec![
+                    "-P".into(),
+                    port.clone(),
+                    source.display().to_string(),
+                    format!("{target}:{}", remote.join("scp.bin").display()),
+                ],
+            ]
+            .concat(),
+        )?);
+        scp_downs.push(run(
+            "scp",
+            &[
+                common.clone(),
+                vec![
+                    "-P".into(),
+                    port.clone(),
+                    format!("{target}:{}", remote.join("scp.bin").display()),
+                    work.join("scp.back").display().to_string(),
+                ],
+            ]
+            .concat(),
+        )?);
+    }
+    let (sftp_up, sftp_down, scp_up, scp_down) = (
+        median(sftp_ups),
+        median(sftp_downs),
+        median(scp_ups),
+        median(scp_downs),
+    );
+    let _ = Command::new("ssh")
+        .args(&common)
+        .args(["-p", &port, "-O", "exit", &target])
+        .stderr(Stdio::null())
+        .status();
+
+    let note = format!(
+        "{mib} MiB, {cipher}, median of {rounds}; OpenSSH multiplexed (no login cost); ours fsyncs downloads, OpenSSH does not"
+    );
+    b.row(
+        "ssh_upload throughput vs sftp put",
+        "MiB/s",
+        throughput(up),
+        Some(throughput(sftp_up)),
+        note.clone(),
+    );
+    b.row(
+        "ssh_upload throughput vs scp",
+        "MiB/s",
+        throughput(up),
+        Some(throughput(scp_up)),
+        note.clone(),
+    );
+    b.row(
+        "ssh_download throughput vs sftp get",
+        "MiB/s",
+        throughput(down),
+        Some(throughput(sftp_down)),
+        note.clone(),
+    );
+    b.row(
+        "ssh_download throughput vs scp",
+        "MiB/s",
+        throughput(down),
+        Some(throughput(scp_down)),
+        note,
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&remote);
+    Ok(())
+}
+
+fn tempfile_dir(prefix: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("{prefix}{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Figure 4: 50 concurrent calls from 5 shims against MaxSessions 10, vs the same 50 one at a time.
 async fn concurrency(b: &mut Bench) -> anyhow::Result<()> {
     let sshd = Sshd::start_with(SshdOptions {
         max_sessions: Some(10),
@@ -331,7 +537,7 @@ async fn concurrency(b: &mut Bench) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// 5. Memory: the daemon with 10 hosts connected, and one shim.
+/// Figure 5, memory: the daemon with 10 hosts connected, and one shim.
 async fn memory(b: &mut Bench) -> anyhow::Result<()> {
     let daemon = Daemon::start(&config_for(&b.sshd, &b.user, 10));
     let s = shim(&daemon, "bench-mem").await;
@@ -468,6 +674,7 @@ async fn main() -> anyhow::Result<()> {
     );
     warm_exec(&mut b, &daemon).await?;
     startup(&mut b, &daemon).await?;
+    transfers(&mut b, &daemon).await?;
     drop(daemon);
     concurrency(&mut b).await?;
     memory(&mut b).await?;

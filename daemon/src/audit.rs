@@ -50,6 +50,10 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub batch: Option<BatchRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,

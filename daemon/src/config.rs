@@ -99,6 +99,8 @@ struct RawHost {
     keepalive_max: u64,
     #[serde(default = "default_max_sessions")]
     max_sessions: u64,
+    #[serde(default)]
+    cipher: Option<String>,
 }
 
 fn default_max_output_bytes() -> u64 {
@@ -125,6 +127,16 @@ fn default_keepalive_max() -> u64 {
 fn default_max_sessions() -> u64 {
     10
 }
+
+/// Ciphers a host may prefer with `"cipher"` (all AEAD or CTR, as OpenSSH offers by default).
+pub const CIPHERS: &[&str] = &[
+    "aes256-gcm@openssh.com",
+    "aes128-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+];
 
 /// How much of each output stream (stdout, stderr) a tool result keeps, by default and at most.
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 32 * 1024;
@@ -163,6 +175,8 @@ pub struct HostConfig {
     pub keepalive_interval: Option<Duration>,
     pub keepalive_max: usize,
     pub max_sessions: u32,
+    /// Cipher to prefer; `None` means AES-GCM on CPUs with AES instructions, else ChaCha20.
+    pub cipher: Option<String>,
 }
 
 // Written by hand so that nothing about the password, not even its length, can be printed.
@@ -304,6 +318,16 @@ fn validate_host(raw: RawHost, global_known_hosts: Option<&Path>) -> Result<Host
         .as_deref()
         .map(CommandPolicy::new)
         .transpose()?;
+    let cipher = match raw.cipher.as_deref() {
+        None | Some("auto") => None,
+        Some(name) if CIPHERS.contains(&name) => Some(name.to_string()),
+        Some(other) => {
+            return Err(format!(
+                "cipher {other:?} is not supported; use one of: auto, {}",
+                CIPHERS.join(", ")
+            ));
+        }
+    };
     let mut known_hosts_files = vec![
         raw.known_hosts_file
             .as_deref()
@@ -329,6 +353,7 @@ fn validate_host(raw: RawHost, global_known_hosts: Option<&Path>) -> Result<Host
             .then(|| Duration::from_secs(raw.keepalive_interval)),
         keepalive_max: usize::try_from(raw.keepalive_max).unwrap_or(usize::MAX),
         max_sessions,
+        cipher,
     })
 }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use tonic::{Code, Status};
 
 use crate::ssh::SshError;
+use crate::ssh::transfer::TransferKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -60,6 +61,14 @@ impl From<Error> for Status {
                 SshError::ChannelOpen { .. } => Code::ResourceExhausted,
                 SshError::InactivityTimeout { .. } => Code::DeadlineExceeded,
                 SshError::Cancelled { .. } => Code::Cancelled,
+                SshError::Transfer { kind, .. } => match kind {
+                    TransferKind::NotFound => Code::NotFound,
+                    TransferKind::PermissionDenied => Code::PermissionDenied,
+                    TransferKind::NoSpace | TransferKind::TooLarge => Code::ResourceExhausted,
+                    TransferKind::Timeout => Code::DeadlineExceeded,
+                    TransferKind::Cancelled => Code::Cancelled,
+                    TransferKind::Other => Code::Internal,
+                },
             },
         };
         Status::new(code, e.to_string())

@@ -68,12 +68,13 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), Daemo
             as Arc<dyn Fn(u64) + Send + Sync>
     };
     let incoming = listener::accept_own_uid(listener, detach);
-    let (daemon, hosts, exec) = service::Service::new(registry.clone()).servers();
+    let (daemon, hosts, exec, files) = service::Service::new(registry.clone()).servers();
     let stop_accepting = registry.shutdown_requested.clone();
     let server = tonic::transport::Server::builder()
         .add_service(daemon)
         .add_service(hosts)
         .add_service(exec)
+        .add_service(files)
         .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
     let mut server = tokio::spawn(server);
 

@@ -5,13 +5,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{Audit, ClientRef, Record};
 use crate::config::{Config, HostConfig};
 use crate::error::Error;
 use crate::ssh::connection::lock;
+use crate::ssh::transfer::{self, PendingTemps, Progress, TransferOutcome, TransferSpec};
 use crate::ssh::{self, Connection, ExecOutcome, ExecRequest, Output};
 
 /// Connection state as shown to users.
@@ -56,6 +57,8 @@ pub struct HostEntry {
     /// Serializes connection attempts, so concurrent first calls share one connection.
     connecting: tokio::sync::Mutex<()>,
     audit: Arc<Audit>,
+    /// Remote temporary files of uploads cut off with their connection, removed on reconnect.
+    pending: PendingTemps,
 }
 
 impl HostEntry {
@@ -71,6 +74,7 @@ impl HostEntry {
                 connections_opened: 0,
             }),
             connecting: tokio::sync::Mutex::new(()),
+            pending: PendingTemps::default(),
         }
     }
 
@@ -114,6 +118,9 @@ impl HostEntry {
                 status.since = conn.connected_at;
                 status.last_error = None;
                 status.connections_opened += 1;
+                drop(status);
+                let (cleanup_conn, pending) = (conn.clone(), self.pending.clone());
+                tokio::spawn(async move { transfer::clean_pending(&cleanup_conn, &pending).await });
                 Ok((conn, true))
             }
             Err(e) => {
@@ -166,6 +173,24 @@ impl HostEntry {
         ssh::exec::run(&conn, channel, req, sink, shutdown)
             .await
             .map_err(Error::from)
+    }
+
+    /// Uploads (`upload == true`) or downloads per `spec`, connecting first if needed.
+    pub async fn transfer(
+        &self,
+        caller: &Option<ClientRef>,
+        upload: bool,
+        spec: &TransferSpec,
+        progress: &watch::Sender<Progress>,
+        cancel: &CancellationToken,
+    ) -> Result<TransferOutcome, Error> {
+        let (conn, _) = self.connection(caller).await?;
+        let result = if upload {
+            transfer::upload(&conn, spec, progress, cancel, &self.pending).await
+        } else {
+            transfer::download(&conn, spec, progress, cancel).await
+        };
+        result.map_err(Error::from)
     }
 
     /// Closes the connection, if any. Returns (was connected, channels that were in use).

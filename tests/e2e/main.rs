@@ -11,3 +11,4 @@ mod daemon_hostkeys;
 mod daemon_lifecycle;
 mod security;
 mod shim;
+mod transfer;

@@ -40,9 +40,11 @@ async fn conversation_should_list_tools_and_run_every_tool() {
         [
             "list_hosts",
             "ssh_disconnect",
+            "ssh_download",
             "ssh_execute",
             "ssh_execute_batch",
-            "ssh_status"
+            "ssh_status",
+            "ssh_upload"
         ]
     );
     let size = serde_json::to_string(&json!({ "tools": tools }))
@@ -58,7 +60,7 @@ async fn conversation_should_list_tools_and_run_every_tool() {
         let a = tool.annotations.as_ref().unwrap();
         match tool.name.as_ref() {
             "list_hosts" | "ssh_status" => assert_eq!(a.read_only_hint, Some(true)),
-            "ssh_execute" | "ssh_execute_batch" => {
+            "ssh_execute" | "ssh_execute_batch" | "ssh_upload" | "ssh_download" => {
                 assert_eq!(a.destructive_hint, Some(true));
                 assert_eq!(a.open_world_hint, Some(true));
             }

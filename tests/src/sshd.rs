@@ -17,6 +17,8 @@ pub const TEST_USER: &str = "mcptest";
 pub struct SshdOptions {
     pub max_sessions: Option<u32>,
     pub password_auth: bool,
+    /// RLIMIT_FSIZE for sshd and its sessions, in KiB (`ulimit -f`): writes beyond it fail.
+    pub file_size_limit_kib: Option<u64>,
     /// Extra lines appended to sshd_config.
     pub extra: String,
 }
@@ -178,7 +180,18 @@ impl Sshd {
         self.write_config();
         let log = self.log_path();
         let before = fs::read_to_string(&log).map(|t| t.len()).unwrap_or(0);
-        let child = Command::new(sshd_binary())
+        let mut command = match self.opts.file_size_limit_kib {
+            // `ulimit -f` counts 512-byte blocks.
+            Some(kib) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -f {}; exec \"$0\" \"$@\"", kib * 2))
+                    .arg(sshd_binary());
+                c
+            }
+            None => Command::new(sshd_binary()),
+        };
+        let child = command
             .arg("-D")
             .arg("-f")
             .arg(self.config_path())
@@ -224,6 +237,16 @@ impl Sshd {
             }
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Sends `signal` to every process serving a connection (not to the listener): SIGSTOP
+    /// makes the network look black-holed, SIGCONT brings it back.
+    pub fn signal_connections(&self, signal: nix::sys::signal::Signal) {
+        if let Some(child) = &self.child {
+            for pid in descendants(child.id()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+            }
         }
     }
 

@@ -4,11 +4,14 @@
 //! - [`auth`]: the OpenSSH-like order of credentials to try.
 //! - [`known_hosts`]: host key verification against OpenSSH's files.
 //! - [`exec`]: one remote command on a channel, with inactivity timeout and remote stopping.
+//! - [`sftp`], [`transfer`]: atomic, pipelined uploads and downloads over SFTP.
 
 mod auth;
 pub mod connection;
 pub mod exec;
 pub mod known_hosts;
+pub mod sftp;
+pub mod transfer;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -95,6 +98,11 @@ pub enum SshError {
     Cancelled {
         why: &'static str,
         stop: StopOutcome,
+    },
+    #[error("{message}")]
+    Transfer {
+        kind: transfer::TransferKind,
+        message: String,
     },
 }
 

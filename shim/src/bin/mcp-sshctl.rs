@@ -1,6 +1,6 @@
 //! `mcp-sshctl`: the human's view of and handle on the mcp-ssh daemon.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Parser, Subcommand};
 use mcp_ssh_proto::paths;
 use mcp_ssh_proto::pb::{self, run_event};
-use mcp_ssh_shim::client::{ClientError, ClientKind, ClientOptions, DaemonClient, Identity};
+use mcp_ssh_shim::client::{
+    ClientError, ClientKind, ClientOptions, DaemonClient, Identity, resolve_local_path,
+};
 use serde_json::json;
 
 /// Control and inspect mcp-sshd, the daemon behind mcp-ssh-shim.
@@ -51,6 +53,27 @@ enum Cmd {
         /// The command; words are joined with spaces, as ssh does
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// Upload a file or directory (atomic; a progress bar on a terminal)
+    Upload {
+        host: String,
+        /// Local file or directory
+        local: String,
+        /// Remote destination; an existing directory receives it by name
+        remote: String,
+        /// Compare the SHA-256 with one computed on the host
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Download a file or directory (atomic; a progress bar on a terminal)
+    Download {
+        host: String,
+        /// Remote file or directory
+        remote: String,
+        /// Local destination; an existing directory receives it by name
+        local: String,
+        #[arg(long)]
+        verify: bool,
     },
     /// Close the daemon's connection to a host
     Disconnect { host: String },
@@ -99,6 +122,18 @@ async fn run(args: Args) -> ExitCode {
             cwd,
             command,
         } => exec(&opts, host, timeout, cwd, command.join(" ")).await,
+        Cmd::Upload {
+            host,
+            local,
+            remote,
+            verify,
+        } => transfer(&opts, true, host, local, remote, verify).await,
+        Cmd::Download {
+            host,
+            remote,
+            local,
+            verify,
+        } => transfer(&opts, false, host, local, remote, verify).await,
         Cmd::Disconnect { host } => disconnect(&opts, host).await,
         Cmd::Stop => stop(&opts).await,
     };
@@ -353,6 +388,106 @@ fn signal_number(name: &str) -> u8 {
         "TERM" => 15,
         _ => 0,
     }
+}
+
+async fn transfer(
+    opts: &ClientOptions,
+    upload: bool,
+    host: String,
+    local: String,
+    remote: String,
+    verify: bool,
+) -> Result<ExitCode, ClientError> {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let local_path = resolve_local_path(&local, &cwd).display().to_string();
+    let client = DaemonClient::connect_or_start(opts).await?;
+    let request = pb::TransferRequest {
+        host,
+        local_path,
+        remote_path: remote,
+        verify,
+    };
+    let mut files = client.files();
+    let started = if upload {
+        files.upload(request).await
+    } else {
+        files.download(request).await
+    };
+    let mut stream = match started {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            eprintln!("mcp-sshctl: {}", status.message());
+            return Ok(ExitCode::from(EXIT_ERROR));
+        }
+    };
+    let bar = std::io::stderr().is_terminal();
+    let began = std::time::Instant::now();
+    loop {
+        match stream.message().await {
+            Ok(Some(pb::TransferEvent {
+                event: Some(pb::transfer_event::Event::Progress(p)),
+            })) if bar => {
+                eprint!("\r{}", progress_line(&p, began.elapsed()));
+            }
+            Ok(Some(pb::TransferEvent {
+                event: Some(pb::transfer_event::Event::Done(done)),
+            })) => {
+                if bar {
+                    eprint!("\r\x1b[2K");
+                }
+                let secs = (done.duration_ms as f64 / 1000.0).max(0.001);
+                println!(
+                    "{} {} bytes ({} file{}) to {} in {secs:.2} s ({:.1} MiB/s)\nsha256 {}",
+                    if upload { "uploaded" } else { "downloaded" },
+                    done.bytes,
+                    done.files,
+                    if done.files == 1 { "" } else { "s" },
+                    done.destination,
+                    done.bytes as f64 / 1_048_576.0 / secs,
+                    done.sha256
+                );
+                if verify {
+                    println!("{}", done.verification);
+                    if !done.verified {
+                        return Ok(ExitCode::from(EXIT_ERROR));
+                    }
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                eprintln!("mcp-sshctl: the daemon ended the transfer without a result");
+                return Ok(ExitCode::from(EXIT_ERROR));
+            }
+            Err(status) => {
+                if bar {
+                    eprint!("\r\x1b[2K");
+                }
+                eprintln!("mcp-sshctl: {}", status.message());
+                return Ok(ExitCode::from(EXIT_ERROR));
+            }
+        }
+    }
+}
+
+/// `[#########...........]  45%  230.0/512.0 MiB  310.2 MiB/s`
+fn progress_line(p: &pb::TransferProgress, elapsed: Duration) -> String {
+    let fraction = if p.bytes_total == 0 {
+        0.0
+    } else {
+        p.bytes_done as f64 / p.bytes_total as f64
+    };
+    let filled = (fraction * 30.0).round() as usize;
+    let mib = |b: u64| b as f64 / 1_048_576.0;
+    format!(
+        "[{}{}] {:>3.0}%  {:.1}/{:.1} MiB  {:.1} MiB/s",
+        "#".repeat(filled.min(30)),
+        ".".repeat(30 - filled.min(30)),
+        fraction * 100.0,
+        mib(p.bytes_done),
+        mib(p.bytes_total),
+        mib(p.bytes_done) / elapsed.as_secs_f64().max(0.001)
+    )
 }
 
 async fn disconnect(opts: &ClientOptions, host: String) -> Result<ExitCode, ClientError> {

@@ -144,6 +144,10 @@ impl DaemonClient {
         pb::exec_client::ExecClient::new(self.channel.clone())
     }
 
+    pub fn files(&self) -> pb::files_client::FilesClient<Channel> {
+        pb::files_client::FilesClient::new(self.channel.clone())
+    }
+
     /// The config the daemon serves, if it differs from the one this client was told to use.
     pub fn config_mismatch(&self, wanted: Option<&Path>) -> Option<String> {
         let wanted = paths::resolve_config(wanted);
@@ -176,4 +180,22 @@ async fn open_channel(socket: &SocketLocation) -> Result<Channel, ClientError> {
         .connect()
         .await
         .map_err(|_| ClientError::NotRunning(socket.socket.clone()))
+}
+
+/// A local path as the user meant it: `~` expanded, relative paths taken from `cwd` (the
+/// directory the client was started in; the daemon's own is meaningless to the user).
+pub fn resolve_local_path(path: &str, cwd: &Path) -> PathBuf {
+    let home = || directories::BaseDirs::new().map(|d| d.home_dir().to_path_buf());
+    let expanded = match path {
+        "~" => home().unwrap_or_else(|| PathBuf::from(path)),
+        p => match (p.strip_prefix("~/"), home()) {
+            (Some(rest), Some(home)) => home.join(rest),
+            _ => PathBuf::from(p),
+        },
+    };
+    if expanded.is_absolute() {
+        expanded
+    } else {
+        cwd.join(expanded)
+    }
 }

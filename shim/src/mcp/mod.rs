@@ -26,9 +26,10 @@ use link::is_transport_failure;
 use output::CappedBuffer;
 use results::{
     BatchItem, BatchResult, DisconnectResult, ExecResult, HostInfo, HostsResult, StatusResult,
+    TransferResult,
 };
 
-use crate::client::{ClientError, DaemonClient};
+use crate::client::{ClientError, DaemonClient, resolve_local_path};
 
 /// Hard ceiling on the per-call `max_output` override, per stream.
 const HARD_MAX_OUTPUT: u32 = 1024 * 1024;
@@ -44,17 +45,14 @@ pub struct HostParams {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecuteParams {
-    /// Host name from list_hosts
     pub host: String,
-    /// Shell command to run
     pub command: String,
-    /// Seconds without output before stopping it (default: host's command_timeout)
+    /// Seconds without output before stopping
     #[serde(default)]
     pub timeout: Option<u32>,
-    /// Remote working directory
     #[serde(default)]
     pub cwd: Option<String>,
-    /// Max bytes kept per stream (head+tail)
+    /// Bytes kept per stream
     #[serde(default)]
     pub max_output: Option<u32>,
 }
@@ -64,9 +62,34 @@ pub struct ExecuteParams {
 pub struct BatchParams {
     pub host: String,
     pub commands: Vec<String>,
-    /// Seconds without output before stopping one
+    /// Seconds without output before stopping
     #[serde(default)]
     pub timeout: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UploadParams {
+    pub host: String,
+    /// Local path (relative: to the client's cwd)
+    pub local_path: String,
+    /// Destination (a directory gets it by name)
+    pub remote_path: String,
+    /// Check SHA-256 on the host too
+    #[serde(default)]
+    pub verify: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadParams {
+    pub host: String,
+    pub remote_path: String,
+    /// Destination (relative: to the client's cwd; a directory gets it by name)
+    pub local_path: String,
+    /// Check SHA-256 on the host too
+    #[serde(default)]
+    pub verify: Option<bool>,
 }
 
 #[derive(Clone)]
@@ -96,11 +119,14 @@ impl Shim {
     pub fn new(socket: Option<PathBuf>, config: Option<PathBuf>) -> Shim {
         let mut tool_router = Self::tool_router();
         for route in tool_router.map.values_mut() {
-            route.attr.input_schema = Arc::new(compact_schema(&route.attr.input_schema));
+            let mut input = compact_schema(&route.attr.input_schema);
+            drop_null_unions(&mut input);
+            route.attr.input_schema = Arc::new(input);
             if let Some(out) = &route.attr.output_schema {
                 // Results explain themselves; their schema only needs the shape.
                 let mut shape = compact_schema(out);
                 strip_keys(&mut shape, &["description", "required"]);
+                drop_leaf_types(&mut shape);
                 route.attr.output_schema = Some(Arc::new(shape));
             }
         }
@@ -248,7 +274,7 @@ impl Shim {
 
 #[tool_router]
 impl Shim {
-    /// List configured SSH hosts and their connection state.
+    /// List configured SSH hosts and their state.
     #[tool(output_schema = schema::<HostsResult>(), annotations(read_only_hint = true, open_world_hint = false))]
     async fn list_hosts(&self, ctx: RequestContext<RoleServer>) -> CallToolResult {
         let listed = self
@@ -268,7 +294,7 @@ impl Shim {
         results::ok(result.text(), &result)
     }
 
-    /// Run a shell command on a host; returns exit code, stdout, stderr.
+    /// Run a shell command on a host.
     #[tool(output_schema = schema::<ExecResult>(), annotations(destructive_hint = true, open_world_hint = true))]
     async fn ssh_execute(
         &self,
@@ -296,7 +322,7 @@ impl Shim {
         }
     }
 
-    /// Run commands in order on a host; stops at the first failure.
+    /// Run commands in order; stops at the first failure.
     #[tool(output_schema = schema::<BatchResult>(), annotations(destructive_hint = true, open_world_hint = true))]
     async fn ssh_execute_batch(
         &self,
@@ -343,7 +369,49 @@ impl Shim {
         }
     }
 
-    /// Check a host is reachable (connects if needed); shows connection details.
+    /// Upload a file or directory (atomic).
+    #[tool(output_schema = schema::<TransferResult>(), annotations(destructive_hint = true, open_world_hint = true))]
+    async fn ssh_upload(
+        &self,
+        Parameters(p): Parameters<UploadParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let verify = p.verify.unwrap_or(false);
+        self.run_transfer(
+            &ctx,
+            true,
+            pb::TransferRequest {
+                host: p.host,
+                local_path: p.local_path,
+                remote_path: p.remote_path,
+                verify,
+            },
+        )
+        .await
+    }
+
+    /// Download a file or directory (atomic).
+    #[tool(output_schema = schema::<TransferResult>(), annotations(destructive_hint = true, open_world_hint = true))]
+    async fn ssh_download(
+        &self,
+        Parameters(p): Parameters<DownloadParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let verify = p.verify.unwrap_or(false);
+        self.run_transfer(
+            &ctx,
+            false,
+            pb::TransferRequest {
+                host: p.host,
+                local_path: p.local_path,
+                remote_path: p.remote_path,
+                verify,
+            },
+        )
+        .await
+    }
+
+    /// Check a host is reachable (connects if needed).
     #[tool(output_schema = schema::<StatusResult>(), annotations(read_only_hint = true, open_world_hint = true))]
     async fn ssh_status(
         &self,
@@ -367,7 +435,7 @@ impl Shim {
         results::ok(result.text(), &result)
     }
 
-    /// Close the SSH connection to a host (next call reconnects).
+    /// Close the SSH connection to a host.
     #[tool(output_schema = schema::<DisconnectResult>(), annotations(idempotent_hint = true, destructive_hint = false, open_world_hint = false))]
     async fn ssh_disconnect(
         &self,
@@ -402,6 +470,78 @@ impl Shim {
 }
 
 impl Shim {
+    /// Runs a transfer through the daemon, turning its progress into MCP progress notifications.
+    async fn run_transfer(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        upload: bool,
+        mut request: pb::TransferRequest,
+    ) -> CallToolResult {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        request.local_path = resolve_local_path(&request.local_path, &cwd)
+            .display()
+            .to_string();
+        let verify = request.verify;
+        let started = self
+            .with_daemon(ctx, |client| {
+                let request = request.clone();
+                async move {
+                    let mut files = client.files();
+                    let stream = if upload {
+                        files.upload(request).await
+                    } else {
+                        files.download(request).await
+                    };
+                    stream.map(tonic::Response::into_inner)
+                }
+            })
+            .await;
+        let mut stream = match started {
+            Ok(stream) => stream,
+            Err(text) => return error_result(text),
+        };
+        let token = ctx.meta.get_progress_token();
+        let mut last = pb::TransferProgress::default();
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+        loop {
+            let event = tokio::select! {
+                message = stream.message() => message,
+                _ = ticker.tick(), if token.is_some() => {
+                    if let Some(token) = token.clone() {
+                        let _ = ctx.peer.notify_progress(transfer_progress(token, &last)).await;
+                    }
+                    continue;
+                }
+                () = ctx.ct.cancelled() => {
+                    drop(stream);
+                    return error_result("cancelled by the client; the transfer was stopped and its temporary file removed".into());
+                }
+            };
+            match event {
+                Ok(Some(pb::TransferEvent {
+                    event: Some(pb::transfer_event::Event::Progress(p)),
+                })) => last = p,
+                Ok(Some(pb::TransferEvent {
+                    event: Some(pb::transfer_event::Event::Done(done)),
+                })) => {
+                    let result = TransferResult::new(done, verify);
+                    let text = result.text(if upload { "uploaded" } else { "downloaded" });
+                    return if result.verified == Some(false) {
+                        error_result(text)
+                    } else {
+                        results::ok(text, &result)
+                    };
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return error_result("the daemon ended the transfer without a result".into());
+                }
+                Err(status) => return error_result(status_text(&status)),
+            }
+        }
+    }
+
     /// A note when the running daemon serves another hosts.json than this shim was given.
     async fn config_note(&self, ctx: &RequestContext<RoleServer>) -> Option<String> {
         let client = self.client(ctx).await.ok()?;
@@ -476,6 +616,61 @@ fn strip_keys(schema: &mut rmcp::model::JsonObject, keys: &[&str]) {
     schema.values_mut().for_each(|v| walk(v, keys));
 }
 
+/// `["integer", "null"]` → `"integer"` for optional arguments: leaving one out is how to say
+/// "default" (an explicit null is still accepted).
+fn drop_null_unions(schema: &mut rmcp::model::JsonObject) {
+    fn walk(value: &mut serde_json::Value, key: &str) {
+        let serde_json::Value::Object(map) = value else {
+            return;
+        };
+        if key != "exit_code"
+            && let Some(serde_json::Value::Array(types)) = map.get("type")
+            && types.len() == 2
+            && types.iter().any(|t| t == "null")
+            && let Some(kept) = types.iter().find(|t| *t != "null").cloned()
+        {
+            map.insert("type".into(), kept);
+        }
+        for (k, v) in map.iter_mut() {
+            walk(v, k);
+        }
+    }
+    for (k, v) in schema.iter_mut() {
+        walk(v, k);
+    }
+}
+
+/// Output schemas keep the shape (objects, arrays, property names) and leave out the scalar type
+/// of each field: a result's JSON says that itself, and tools/list is sent on every turn.
+fn drop_leaf_types(schema: &mut rmcp::model::JsonObject) {
+    fn is_leaf(map: &serde_json::Map<String, serde_json::Value>) -> bool {
+        let scalar = |t: &serde_json::Value| {
+            matches!(
+                t.as_str(),
+                Some("string" | "integer" | "number" | "boolean" | "null")
+            )
+        };
+        match map.get("type") {
+            Some(serde_json::Value::Array(types)) => types.iter().all(scalar),
+            Some(t) => scalar(t),
+            None => false,
+        }
+    }
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if is_leaf(map) {
+                    map.remove("type");
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    schema.values_mut().for_each(walk);
+}
+
 fn schema<T: JsonSchema + 'static>() -> Arc<rmcp::model::JsonObject> {
     rmcp::handler::server::common::schema_for_output::<T>()
 }
@@ -493,6 +688,23 @@ fn batch_id() -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+fn transfer_progress(
+    token: rmcp::model::ProgressToken,
+    p: &pb::TransferProgress,
+) -> ProgressNotificationParam {
+    let mib = |b: u64| b as f64 / 1_048_576.0;
+    let message = format!(
+        "{:.1} of {:.1} MiB, {} of {} files",
+        mib(p.bytes_done),
+        mib(p.bytes_total),
+        p.files_done,
+        p.files_total
+    );
+    ProgressNotificationParam::new(token, p.bytes_done as f64)
+        .with_total(p.bytes_total as f64)
+        .with_message(message)
 }
 
 fn error_result(text: String) -> CallToolResult {

@@ -353,3 +353,76 @@ impl DisconnectResult {
         }
     }
 }
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TransferResult {
+    pub bytes: u64,
+    pub files: u32,
+    pub duration_ms: u64,
+    pub mib_per_s: f64,
+    pub sha256: String,
+    pub destination: String,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub skipped: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<String>,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
+impl TransferResult {
+    pub fn new(done: pb::TransferDone, verify: bool) -> TransferResult {
+        let secs = (done.duration_ms as f64 / 1000.0).max(0.000_001);
+        TransferResult {
+            bytes: done.bytes,
+            files: done.files,
+            duration_ms: done.duration_ms,
+            mib_per_s: ((done.bytes as f64 / (1024.0 * 1024.0)) / secs * 10.0).round() / 10.0,
+            sha256: done.sha256,
+            destination: done.destination,
+            skipped: done.skipped,
+            verified: verify.then_some(done.verified),
+            verification: verify.then_some(done.verification),
+        }
+    }
+
+    pub fn text(&self, verb: &str) -> String {
+        let files = if self.files == 1 {
+            "1 file".to_string()
+        } else {
+            format!("{} files", self.files)
+        };
+        let mut text = format!(
+            "{verb} {} ({files}) to {} in {} ({} MiB/s)\nsha256 {}",
+            human_bytes(self.bytes),
+            self.destination,
+            seconds(self.duration_ms),
+            self.mib_per_s,
+            self.sha256
+        );
+        if self.skipped > 0 {
+            text.push_str(&format!(
+                "\n{} entries skipped (not regular files or directories)",
+                self.skipped
+            ));
+        }
+        if let Some(v) = &self.verification {
+            text.push('\n');
+            text.push_str(v);
+        }
+        text
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} B"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+        _ => format!("{:.2} GiB", n as f64 / 1_073_741_824.0),
+    }
+}

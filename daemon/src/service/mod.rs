@@ -1,5 +1,7 @@
 //! The gRPC services: the only place that converts between protobuf types and the daemon's own.
 
+mod files;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,11 +34,13 @@ impl Service {
         pb::daemon_server::DaemonServer<Service>,
         pb::hosts_server::HostsServer<Service>,
         pb::exec_server::ExecServer<Service>,
+        pb::files_server::FilesServer<Service>,
     ) {
         (
             pb::daemon_server::DaemonServer::new(self.clone()),
             pb::hosts_server::HostsServer::new(self.clone()),
-            pb::exec_server::ExecServer::new(self),
+            pb::exec_server::ExecServer::new(self.clone()),
+            pb::files_server::FilesServer::new(self),
         )
     }
 
@@ -89,7 +93,7 @@ fn client_info(c: ClientRecord) -> pb::AttachedClient {
     }
 }
 
-fn peer<T>(req: &Request<T>) -> Option<PeerInfo> {
+pub(crate) fn peer<T>(req: &Request<T>) -> Option<PeerInfo> {
     req.extensions().get::<PeerInfo>().copied()
 }
 

@@ -1,0 +1,523 @@
+//! ssh_upload / ssh_download against a real sshd: byte-identical, atomic, cleaned up, bounded.
+//! The fixture's sshd runs on this machine, so "remote" paths are visible to the test directly.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use mcp_ssh_proto::pb::{self, transfer_event};
+use mcp_ssh_tests::daemon::{Daemon, hosts_json};
+use mcp_ssh_tests::rpc::run;
+use mcp_ssh_tests::shim::{Shim, ShimOptions, is_error, text, tool_result};
+use mcp_ssh_tests::{Sshd, SshdOptions, is_root, login_user};
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+use crate::common::eventually;
+
+fn structured(result: &rmcp::model::CallToolResult) -> Value {
+    result.structured_content.clone().unwrap_or(Value::Null)
+}
+
+/// A directory both the test and the SSH login user can write ("remote" side).
+fn shared_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("mcpssh-remote-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    dir
+}
+
+fn random_file(path: &Path, bytes: usize) {
+    let status = Command::new("head")
+        .arg("-c")
+        .arg(bytes.to_string())
+        .arg("/dev/urandom")
+        .stdout(std::fs::File::create(path).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.contains(".mcpssh-") {
+            found.push(name);
+        }
+    }
+    found
+}
+
+async fn setup(host: Value) -> (Daemon, Shim) {
+    let daemon = Daemon::start(&hosts_json(&[host]));
+    let shim = Shim::spawn(ShimOptions {
+        socket: &daemon.socket,
+        config: Some(&daemon.config),
+        cwd: None,
+        client_name: "e2e",
+    })
+    .await;
+    (daemon, shim)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trips_should_be_byte_identical() {
+    let sshd = Sshd::start();
+    let (_daemon, shim) = setup(sshd.host("box", &login_user())).await;
+    let local = tempfile::tempdir().unwrap();
+    let remote = shared_dir();
+    let back = tempfile::tempdir().unwrap();
+
+    let big = local.path().join("big.bin");
+    random_file(&big, 5 * 1024 * 1024 + 123);
+    std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let empty = local.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let binary = local.path().join("all-bytes");
+    std::fs::write(
+        &binary,
+        (0..=255u8).cycle().take(70_000).collect::<Vec<u8>>(),
+    )
+    .unwrap();
+
+    for file in [&big, &empty, &binary] {
+        let name = file.file_name().unwrap().to_str().unwrap();
+        let dest = remote.path().join(name);
+        let up = shim
+            .call(
+                "ssh_upload",
+                json!({ "host": "box", "local_path": file, "remote_path": dest, "verify": true }),
+            )
+            .await;
+        assert!(!is_error(&up), "{}", text(&up));
+        let s = structured(&up);
+        assert_eq!(s["sha256"], sha256(file));
+        assert_eq!(s["bytes"], std::fs::metadata(file).unwrap().len());
+        assert_eq!(s["verified"], true, "{}", text(&up));
+        assert!(text(&up).contains("verified"), "{}", text(&up));
+        assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(file).unwrap());
+        assert_eq!(mode(&dest), mode(file), "the mode follows the local file");
+
+        let down_path = back.path().join(name);
+        let down = shim
+            .call("ssh_download", json!({ "host": "box", "remote_path": dest, "local_path": down_path, "verify": true }))
+            .await;
+        assert!(!is_error(&down), "{}", text(&down));
+        assert_eq!(structured(&down)["sha256"], sha256(file));
+        assert_eq!(
+            std::fs::read(&down_path).unwrap(),
+            std::fs::read(file).unwrap()
+        );
+        assert_eq!(mode(&down_path), mode(file));
+    }
+
+    // An existing destination is replaced whole.
+    let dest = remote.path().join("big.bin");
+    std::fs::write(&empty, b"new content").unwrap();
+    let up = shim
+        .call(
+            "ssh_upload",
+            json!({ "host": "box", "local_path": empty, "remote_path": dest }),
+        )
+        .await;
+    assert!(!is_error(&up), "{}", text(&up));
+    assert_eq!(std::fs::read(&dest).unwrap(), b"new content");
+    assert!(leftovers(remote.path()).is_empty());
+    assert!(leftovers(back.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directories_should_transfer_recursively_with_modes() {
+    let sshd = Sshd::start();
+    let (_daemon, shim) = setup(sshd.host("box", &login_user())).await;
+    let local = tempfile::tempdir().unwrap();
+    let tree = local.path().join("project");
+    std::fs::create_dir_all(tree.join("src/deep")).unwrap();
+    std::fs::write(tree.join("README"), b"readme").unwrap();
+    std::fs::write(tree.join("src/main.py"), b"print('hi')\n").unwrap();
+    random_file(&tree.join("src/deep/data.bin"), 300_000);
+    std::fs::write(tree.join("run.sh"), b"#!/bin/sh\necho run\n").unwrap();
+    std::fs::set_permissions(tree.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let remote = shared_dir();
+
+    // The destination is an existing directory: the tree lands under its own name, as scp -r.
+    let up = shim.call("ssh_upload", json!({ "host": "box", "local_path": tree, "remote_path": remote.path(), "verify": true })).await;
+    assert!(!is_error(&up), "{}", text(&up));
+    let s = structured(&up);
+    assert_eq!(s["files"], 4);
+    assert_eq!(s["bytes"], 6 + 12 + 300_000 + 19);
+    assert_eq!(s["verified"], true, "{}", text(&up));
+    let landed = remote.path().join("project");
+    assert_eq!(
+        std::fs::read(landed.join("src/deep/data.bin")).unwrap(),
+        std::fs::read(tree.join("src/deep/data.bin")).unwrap()
+    );
+    assert_eq!(mode(&landed.join("run.sh")), 0o755);
+
+    let back = tempfile::tempdir().unwrap();
+    let down = shim
+        .call(
+            "ssh_download",
+            json!({ "host": "box", "remote_path": landed, "local_path": back.path() }),
+        )
+        .await;
+    assert!(!is_error(&down), "{}", text(&down));
+    assert_eq!(structured(&down)["files"], 4);
+    assert_eq!(
+        structured(&down)["sha256"],
+        s["sha256"],
+        "same manifest both ways"
+    );
+    let got = back.path().join("project");
+    for rel in ["README", "src/main.py", "src/deep/data.bin", "run.sh"] {
+        assert_eq!(
+            std::fs::read(got.join(rel)).unwrap(),
+            std::fs::read(tree.join(rel)).unwrap(),
+            "{rel}"
+        );
+    }
+    assert_eq!(mode(&got.join("run.sh")), 0o755);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relative_local_paths_should_follow_the_clients_directory() {
+    let sshd = Sshd::start();
+    let daemon = Daemon::start(&hosts_json(&[sshd.host("box", &login_user())]));
+    let client_dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        client_dir.path().join("notes.txt"),
+        b"from the client's cwd",
+    )
+    .unwrap();
+    let shim = Shim::spawn(ShimOptions {
+        socket: &daemon.socket,
+        config: Some(&daemon.config),
+        cwd: Some(client_dir.path()),
+        client_name: "e2e",
+    })
+    .await;
+    let remote = shared_dir();
+    let up = shim
+        .call(
+            "ssh_upload",
+            json!({ "host": "box", "local_path": "notes.txt", "remote_path": remote.path() }),
+        )
+        .await;
+    assert!(!is_error(&up), "{}", text(&up));
+    assert_eq!(
+        std::fs::read(remote.path().join("notes.txt")).unwrap(),
+        b"from the client's cwd"
+    );
+    let down = shim.call("ssh_download", json!({ "host": "box", "remote_path": remote.path().join("notes.txt"), "local_path": "copy.txt" })).await;
+    assert!(!is_error(&down), "{}", text(&down));
+    assert!(client_dir.path().join("copy.txt").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_errors_should_say_what_and_where() {
+    let sshd = Sshd::start();
+    let (_daemon, shim) = setup(sshd.host("box", &login_user())).await;
+    let local = tempfile::tempdir().unwrap();
+    let file = local.path().join("f");
+    std::fs::write(&file, b"x").unwrap();
+    let cases = [
+        (
+            "ssh_upload",
+            json!({ "host": "box", "local_path": local.path().join("missing"), "remote_path": "/tmp/x" }),
+            "no such file",
+        ),
+        (
+            "ssh_upload",
+            json!({ "host": "box", "local_path": file, "remote_path": "/nonexistent-dir/x" }),
+            "remote directory box:/nonexistent-dir does not exist",
+        ),
+        (
+            "ssh_download",
+            json!({ "host": "box", "remote_path": "/nonexistent-file", "local_path": local.path() }),
+            "remote file not found: box:/nonexistent-file",
+        ),
+        (
+            "ssh_download",
+            json!({ "host": "box", "remote_path": "/etc/hostname", "local_path": local.path().join("no/such/dir/x") }),
+            "local directory",
+        ),
+        (
+            "ssh_upload",
+            json!({ "host": "nope", "local_path": file, "remote_path": "/tmp/x" }),
+            "unknown host",
+        ),
+    ];
+    for (tool, args, expected) in cases {
+        let result = shim.call(tool, args.clone()).await;
+        assert!(is_error(&result), "{tool} {args}");
+        assert!(
+            text(&result).contains(expected),
+            "{tool} {args}: {}",
+            text(&result)
+        );
+    }
+    if is_root() {
+        // The login user (mcptest) cannot write into a root-owned 0755 directory.
+        let locked = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(locked.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let result = shim.call("ssh_upload", json!({ "host": "box", "local_path": file, "remote_path": locked.path().join("x") })).await;
+        assert!(is_error(&result));
+        assert!(
+            text(&result).contains("permission denied"),
+            "{}",
+            text(&result)
+        );
+    }
+}
+
+/// Starts a gRPC transfer and waits until data is moving.
+async fn start_moving(
+    daemon: &Daemon,
+    upload: bool,
+    request: pb::TransferRequest,
+) -> tonic::Streaming<pb::TransferEvent> {
+    let client = daemon.client().await;
+    let mut files = client.files();
+    let mut stream = if upload {
+        files.upload(request).await
+    } else {
+        files.download(request).await
+    }
+    .unwrap()
+    .into_inner();
+    loop {
+        let event = stream
+            .message()
+            .await
+            .unwrap()
+            .expect("transfer ended before any progress");
+        if let Some(transfer_event::Event::Progress(p)) = event.event
+            && p.bytes_done > 0
+        {
+            return stream;
+        }
+    }
+}
+
+async fn final_error(mut stream: tonic::Streaming<pb::TransferEvent>) -> tonic::Status {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .expect("transfer left hanging")
+        {
+            Ok(Some(pb::TransferEvent {
+                event: Some(transfer_event::Event::Done(_)),
+            })) => panic!("transfer completed"),
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("stream ended without a status"),
+            Err(status) => return status,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sshd_killed_mid_transfer_should_leave_no_partial_files() {
+    let mut sshd = Sshd::start();
+    let daemon = Daemon::start(&hosts_json(&[sshd.host("box", &login_user())]));
+    let local = tempfile::tempdir().unwrap();
+    let remote = shared_dir();
+    let big = local.path().join("big.bin");
+    random_file(&big, 96 * 1024 * 1024);
+
+    // Upload: kill sshd (and its connections) while data moves.
+    let dest = remote.path().join("big.bin");
+    let request = pb::TransferRequest {
+        host: "box".into(),
+        local_path: big.display().to_string(),
+        remote_path: dest.display().to_string(),
+        verify: false,
+    };
+    let stream = start_moving(&daemon, true, request).await;
+    sshd.signal_connections(Signal::SIGSTOP);
+    sshd.kill();
+    let status = final_error(stream).await;
+    assert!(status.message().contains("lost"), "{status:?}");
+    assert!(!dest.exists(), "no partial destination");
+    assert_eq!(
+        leftovers(remote.path()).len(),
+        1,
+        "the remote temporary file stays until the host is back"
+    );
+    sshd.restart();
+    let client = daemon.client().await;
+    assert_eq!(run(&client, "box", "true", 0).await.code(), Some(0));
+    assert!(
+        eventually(Duration::from_secs(10), || leftovers(remote.path())
+            .is_empty()),
+        "leftover not cleaned after reconnect: {:?}",
+        leftovers(remote.path())
+    );
+
+    // Download: the same, on the local side.
+    let source = remote.path().join("source.bin");
+    std::fs::copy(&big, &source).unwrap();
+    let back = tempfile::tempdir().unwrap();
+    let target = back.path().join("copy.bin");
+    let request = pb::TransferRequest {
+        host: "box".into(),
+        local_path: target.display().to_string(),
+        remote_path: source.display().to_string(),
+        verify: false,
+    };
+    let stream = start_moving(&daemon, false, request).await;
+    sshd.signal_connections(Signal::SIGSTOP);
+    sshd.kill();
+    let status = final_error(stream).await;
+    assert!(status.message().contains("lost"), "{status:?}");
+    assert!(!target.exists());
+    assert!(
+        leftovers(back.path()).is_empty(),
+        "{:?}",
+        leftovers(back.path())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_write_failure_should_keep_the_old_destination() {
+    let sshd = Sshd::start_with(SshdOptions {
+        file_size_limit_kib: Some(1024),
+        ..Default::default()
+    });
+    let (_daemon, shim) = setup(sshd.host("box", &login_user())).await;
+    let local = tempfile::tempdir().unwrap();
+    let remote = shared_dir();
+    let dest = remote.path().join("model.bin");
+    std::fs::write(&dest, b"old, complete version").unwrap();
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let big = local.path().join("model.bin");
+    random_file(&big, 4 * 1024 * 1024);
+    let result = shim
+        .call(
+            "ssh_upload",
+            json!({ "host": "box", "local_path": big, "remote_path": dest }),
+        )
+        .await;
+    assert!(is_error(&result), "{}", text(&result));
+    assert_eq!(std::fs::read(&dest).unwrap(), b"old, complete version");
+    assert!(
+        eventually(Duration::from_secs(5), || leftovers(remote.path())
+            .is_empty()),
+        "{:?}",
+        leftovers(remote.path())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_transfer_should_time_out() {
+    let sshd = Sshd::start();
+    let mut host = sshd.host("box", &login_user());
+    host["transfer_timeout"] = 2.into();
+    host["keepalive_interval"] = 60.into();
+    host["connect_timeout"] = 3.into();
+    let daemon = Daemon::start(&hosts_json(&[host]));
+    let local = tempfile::tempdir().unwrap();
+    let remote = shared_dir();
+    let big = local.path().join("big.bin");
+    random_file(&big, 96 * 1024 * 1024);
+    let dest = remote.path().join("big.bin");
+    let request = pb::TransferRequest {
+        host: "box".into(),
+        local_path: big.display().to_string(),
+        remote_path: dest.display().to_string(),
+        verify: false,
+    };
+    let stream = start_moving(&daemon, true, request).await;
+    sshd.signal_connections(Signal::SIGSTOP);
+    let started = std::time::Instant::now();
+    let status = final_error(stream).await;
+    sshd.signal_connections(Signal::SIGCONT);
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("no data moved for 2 s"),
+        "{status:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(!dest.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_transfer_should_stop_it_and_clean_up() {
+    let sshd = Sshd::start();
+    let (_daemon, shim) = setup(sshd.host("box", &login_user())).await;
+    let local = tempfile::tempdir().unwrap();
+    let remote = shared_dir();
+    let big = local.path().join("big.bin");
+    random_file(&big, 96 * 1024 * 1024);
+    let dest = remote.path().join("big.bin");
+    let handle = shim
+        .start_call(
+            "ssh_upload",
+            json!({ "host": "box", "local_path": big, "remote_path": dest }),
+        )
+        .await;
+    assert!(
+        eventually(Duration::from_secs(10), || !leftovers(remote.path())
+            .is_empty()),
+        "the upload never started"
+    );
+    handle.cancel(Some("changed my mind".into())).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || leftovers(remote.path())
+            .is_empty()),
+        "{:?}",
+        leftovers(remote.path())
+    );
+    assert!(!dest.exists());
+    // The session is still usable.
+    let ok = shim
+        .call(
+            "ssh_execute",
+            json!({ "host": "box", "command": "echo fine" }),
+        )
+        .await;
+    assert_eq!(structured(&ok)["stdout"], "fine\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_should_report_progress() {
+    let sshd = Sshd::start();
+    let (_daemon, shim) = setup(sshd.host("box", &login_user())).await;
+    let local = tempfile::tempdir().unwrap();
+    let remote = shared_dir();
+    let big = local.path().join("big.bin");
+    random_file(&big, 64 * 1024 * 1024);
+    let handle = shim
+        .start_call(
+            "ssh_upload",
+            json!({ "host": "box", "local_path": big, "remote_path": remote.path().join("x") }),
+        )
+        .await;
+    let result = tool_result(handle.await_response().await.unwrap());
+    assert!(!is_error(&result), "{}", text(&result));
+    let progress = shim.progress.lock().unwrap().clone();
+    // Debug builds move ~50-100 MiB/s here: at least one heartbeat with byte counts.
+    if structured(&result)["duration_ms"].as_u64().unwrap() > 1500 {
+        assert!(!progress.is_empty());
+        let last = progress.last().unwrap();
+        assert_eq!(last.total, Some((64 * 1024 * 1024) as f64));
+        assert!(last.message.as_deref().unwrap_or_default().contains("MiB"));
+    }
+    let _: PathBuf = big;
+}
