@@ -18,6 +18,7 @@ pub struct Sftp {
     raw: RawSftpSession,
     posix_rename: bool,
     read_len: u32,
+    write_len: u32,
     host: String,
     _slot: ChannelSlot,
 }
@@ -93,6 +94,7 @@ impl Sftp {
             .is_some_and(|v| v == "1");
         // Large reads when the server says it allows them (OpenSSH: ~255 KiB), as its own sftp does.
         let mut read_len = 32 * 1024;
+        let mut write_len = 32 * 1024;
         if version
             .extensions
             .get("limits@openssh.com")
@@ -104,11 +106,15 @@ impl Sftp {
             if let Some(max) = limits.read_len {
                 read_len = u32::try_from(max.min(256 * 1024)).unwrap_or(read_len);
             }
+            if let Some(max) = limits.write_len {
+                write_len = u32::try_from(max.min(256 * 1024)).unwrap_or(write_len);
+            }
         }
         Ok(Sftp {
             raw,
             posix_rename,
             read_len,
+            write_len,
             host: conn.host().name.clone(),
             _slot: slot,
         })
@@ -116,6 +122,11 @@ impl Sftp {
 
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// The largest write the server accepts in one request.
+    pub fn write_len(&self) -> u32 {
+        self.write_len
     }
 
     /// The largest read the server serves in one request.
