@@ -25,6 +25,18 @@ if ! have_sshd || ! command -v ssh-keygen >/dev/null 2>&1; then
   fi
 fi
 
+# systemd's socket activator, for the service tests (the package does not start anything here).
+if ! command -v systemd-socket-activate >/dev/null 2>&1; then
+  if is_root && command -v apt-get >/dev/null 2>&1; then
+    echo "tests/run.sh: installing systemd (for systemd-socket-activate)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+  else
+    echo "tests/run.sh: the service tests need systemd-socket-activate (Debian/Ubuntu: sudo apt-get install -y systemd)" >&2
+    exit 1
+  fi
+fi
+
 if is_root; then
   # Root logins are tested too, but a clean unprivileged login user is the common case
   # (and root's shell rc files are often slow). Its password is only used by the password-auth

@@ -10,6 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use secrecy::SecretString;
 
 use crate::policy::CommandPolicy;
@@ -29,7 +30,7 @@ pub enum ConfigError {
 }
 
 /// Log verbosity, spelled as in Python's `logging` (the Python tool's values).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum LogLevel {
     Debug,
@@ -52,55 +53,129 @@ impl LogLevel {
     }
 }
 
-/// The whole file, as written.
-#[derive(Debug, Deserialize)]
+/// mcp-ssh hosts.json: the SSH hosts an AI assistant may reach through mcp-ssh, and how.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "mcp-ssh hosts.json")]
 struct RawConfig {
+    /// JSON Schema reference for editors (ignored by mcp-ssh).
     #[serde(rename = "$schema", default)]
     _schema: Option<String>,
+    /// How much the daemon logs (RUST_LOG overrides it).
     #[serde(default)]
     log_level: LogLevel,
+    /// JSON Lines audit log, one record per action; created 0600. Null: no audit log.
     #[serde(default)]
     audit_log_file: Option<String>,
+    /// known_hosts file for hosts without their own (default: ~/.ssh/known_hosts).
     #[serde(default)]
     known_hosts_file: Option<String>,
+    /// Bytes of stdout and of stderr a tool result keeps (head and tail), 1024 to 1048576.
     #[serde(default = "default_max_output_bytes")]
+    #[schemars(range(min = 1024, max = 1048576))]
     max_output_bytes: u64,
+    /// The hosts the AI may reach.
     hosts: Vec<RawHost>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One host.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawHost {
+    /// The name you and the AI use for this host; unique, without spaces.
+    #[schemars(length(min = 1))]
     name: String,
+    /// IP address or DNS name.
+    #[schemars(length(min = 1))]
     hostname: String,
+    /// Login user (often root on cloud GPU machines).
+    #[schemars(length(min = 1))]
     username: String,
+    /// SSH port.
     #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
     port: u64,
+    /// Private key file (~ is expanded); an encrypted key is used through ssh-agent.
     #[serde(default)]
     identity_file: Option<String>,
+    /// Password login (prefer keys; keep this file chmod 600).
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     password: Option<SecretString>,
+    /// Skip host key verification (ephemeral cloud machines only); the key seen is audited.
     #[serde(default)]
     auto_accept_host_key: bool,
+    /// Seconds without output before a command is stopped.
     #[serde(default = "default_command_timeout")]
+    #[schemars(range(min = 1))]
     command_timeout: u64,
+    /// Seconds without any data moving before a transfer is stopped.
     #[serde(default = "default_transfer_timeout")]
+    #[schemars(range(min = 1))]
     transfer_timeout: u64,
+    /// If set, only commands whose words start with one of these entries may run.
     #[serde(default)]
     allowed_commands: Option<Vec<String>>,
+    /// known_hosts file for this host.
     #[serde(default)]
     known_hosts_file: Option<String>,
+    /// Seconds for TCP connect, key exchange and authentication together.
     #[serde(default = "default_connect_timeout")]
+    #[schemars(range(min = 1))]
     connect_timeout: u64,
+    /// Seconds between SSH keepalives; 0 turns them off.
     #[serde(default = "default_keepalive_interval")]
     keepalive_interval: u64,
+    /// Unanswered keepalives before the connection is declared lost.
     #[serde(default = "default_keepalive_max")]
     keepalive_max: u64,
+    /// Channels opened at once on this connection (OpenSSH's MaxSessions).
     #[serde(default = "default_max_sessions")]
+    #[schemars(range(min = 1))]
     max_sessions: u64,
+    /// Preferred cipher: auto (AES-GCM with AES instructions, else ChaCha20) or a cipher name.
     #[serde(default)]
-    cipher: Option<String>,
+    cipher: Option<CipherName>,
+}
+
+/// Cipher names accepted in hosts.json (kept in step with `CIPHERS` by a test).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+enum CipherName {
+    Auto,
+    #[serde(rename = "aes256-gcm@openssh.com")]
+    Aes256Gcm,
+    #[serde(rename = "aes128-gcm@openssh.com")]
+    Aes128Gcm,
+    #[serde(rename = "chacha20-poly1305@openssh.com")]
+    Chacha20Poly1305,
+    #[serde(rename = "aes256-ctr")]
+    Aes256Ctr,
+    #[serde(rename = "aes192-ctr")]
+    Aes192Ctr,
+    #[serde(rename = "aes128-ctr")]
+    Aes128Ctr,
+}
+
+impl CipherName {
+    /// The SSH name; `None` for auto.
+    fn ssh_name(&self) -> Option<&'static str> {
+        match self {
+            CipherName::Auto => None,
+            CipherName::Aes256Gcm => Some("aes256-gcm@openssh.com"),
+            CipherName::Aes128Gcm => Some("aes128-gcm@openssh.com"),
+            CipherName::Chacha20Poly1305 => Some("chacha20-poly1305@openssh.com"),
+            CipherName::Aes256Ctr => Some("aes256-ctr"),
+            CipherName::Aes192Ctr => Some("aes192-ctr"),
+            CipherName::Aes128Ctr => Some("aes128-ctr"),
+        }
+    }
+}
+
+/// The JSON Schema of hosts.json, as shipped in `hosts.schema.json`.
+pub fn schema() -> String {
+    let schema = schemars::schema_for!(RawConfig);
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
 }
 
 fn default_max_output_bytes() -> u64 {
@@ -318,16 +393,11 @@ fn validate_host(raw: RawHost, global_known_hosts: Option<&Path>) -> Result<Host
         .as_deref()
         .map(CommandPolicy::new)
         .transpose()?;
-    let cipher = match raw.cipher.as_deref() {
-        None | Some("auto") => None,
-        Some(name) if CIPHERS.contains(&name) => Some(name.to_string()),
-        Some(other) => {
-            return Err(format!(
-                "cipher {other:?} is not supported; use one of: auto, {}",
-                CIPHERS.join(", ")
-            ));
-        }
-    };
+    let cipher = raw
+        .cipher
+        .as_ref()
+        .and_then(CipherName::ssh_name)
+        .map(str::to_string);
     let mut known_hosts_files = vec![
         raw.known_hosts_file
             .as_deref()
@@ -478,6 +548,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(err, "Config file not found: /nonexistent/hosts.json");
+    }
+
+    #[test]
+    fn shipped_schema_should_match_the_config_types() {
+        let shipped = include_str!("../../hosts.schema.json");
+        assert!(
+            shipped == schema(),
+            "hosts.schema.json is out of date: run `cargo run -p mcp-ssh-daemon -- --print-config-schema > hosts.schema.json`"
+        );
+    }
+
+    #[test]
+    fn example_should_be_valid() {
+        let example = include_str!("../../hosts.example.json");
+        let cfg = Config::parse(example, Path::new("hosts.example.json")).unwrap();
+        assert!(cfg.hosts.len() >= 2);
+    }
+
+    #[test]
+    fn cipher_names_should_match_the_supported_list() {
+        for name in CIPHERS {
+            let text = format!(
+                r#"{{"hosts": [{{"name": "a", "hostname": "h", "username": "u", "cipher": "{name}"}}]}}"#
+            );
+            assert_eq!(
+                parse(&text).unwrap().hosts[0].cipher.as_deref(),
+                Some(*name)
+            );
+        }
+        let err = parse(
+            r#"{"hosts": [{"name": "a", "hostname": "h", "username": "u", "cipher": "rot13"}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown variant `rot13`"), "{err}");
     }
 
     #[test]

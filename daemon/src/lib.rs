@@ -41,14 +41,34 @@ pub struct Options {
     pub config: Config,
     pub socket: SocketLocation,
     pub grace: Duration,
+    /// A listening socket handed over by systemd (socket activation); we then neither bind nor
+    /// remove the socket, systemd owns it.
+    pub activated: Option<std::os::unix::net::UnixListener>,
 }
 
 /// Runs the daemon until `shutdown` fires (or a client calls Shutdown), then drains: in-flight
 /// calls get `grace` to finish, are then stopped remotely, SSH connections are closed and the
 /// socket is removed.
 pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), DaemonError> {
-    let (_lock, listener) = listener::listen(&opts.socket)?;
-    let socket_path: PathBuf = opts.socket.socket.clone();
+    let activated = opts.activated.is_some();
+    let (_lock, listener, socket_path) = match opts.activated {
+        Some(std_listener) => {
+            let (lock, listener, path) = listener::adopt(std_listener)?;
+            if path != opts.socket.socket {
+                tracing::warn!(
+                    "systemd passed socket {} but clients compute {}; set MCP_SSH_SOCKET for them",
+                    path.display(),
+                    opts.socket.socket.display()
+                );
+            }
+            (lock, listener, path)
+        }
+        None => {
+            let (lock, listener) = listener::listen(&opts.socket)?;
+            (lock, listener, opts.socket.socket.clone())
+        }
+    };
+    let socket_path: PathBuf = socket_path;
     for warning in &opts.config.warnings {
         tracing::warn!("{warning}");
     }
@@ -77,13 +97,17 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), Daemo
         .add_service(files)
         .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
     let mut server = tokio::spawn(server);
+    // Type=notify services: ready once the server is accepting (a no-op without NOTIFY_SOCKET).
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     tokio::select! {
         () = shutdown.cancelled() => stop_accepting.cancel(),
         () = stop_accepting.cancelled() => {}
         result = &mut server => {
             // The server only ends on its own when it failed.
-            listener::remove_socket(&socket_path);
+            if !activated {
+                listener::remove_socket(&socket_path);
+            }
             return match result {
                 Ok(r) => r.map_err(DaemonError::from),
                 Err(join) => {
@@ -105,7 +129,9 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), Daemo
         }
     }
     registry.close_all().await;
-    listener::remove_socket(&socket_path);
+    if !activated {
+        listener::remove_socket(&socket_path);
+    }
     tracing::info!("mcp-sshd stopped");
     Ok(())
 }

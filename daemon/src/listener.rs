@@ -117,6 +117,33 @@ pub fn listen(loc: &SocketLocation) -> Result<(InstanceLock, UnixListener), List
     Ok((lock, listener))
 }
 
+/// Takes over a listening socket passed by systemd: checks its directory like our own, takes
+/// the instance lock beside it, and returns the path clients reach it at.
+pub fn adopt(
+    std_listener: std::os::unix::net::UnixListener,
+) -> Result<(InstanceLock, UnixListener, PathBuf), ListenError> {
+    let bind_err = |source| ListenError::Bind {
+        path: PathBuf::from("<systemd socket>"),
+        source,
+    };
+    let path = std_listener
+        .local_addr()
+        .map_err(bind_err)?
+        .as_pathname()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| bind_err(std::io::Error::other("the passed socket has no path")))?;
+    let loc = SocketLocation {
+        socket: path.clone(),
+        rule: paths::SocketRule::Override,
+    };
+    paths::check_private_dir(loc.dir())?;
+    let lock = acquire_instance_lock(&loc)?;
+    std_listener.set_nonblocking(true).map_err(bind_err)?;
+    let listener = UnixListener::from_std(std_listener).map_err(bind_err)?;
+    tracing::info!("using the socket passed by systemd: {}", path.display());
+    Ok((lock, listener, path))
+}
+
 /// Removes the socket at shutdown, but only if it is still the one we bound.
 pub fn remove_socket(path: &Path) {
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {

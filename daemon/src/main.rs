@@ -32,6 +32,9 @@ struct Args {
     /// Append logs to this file instead of stderr.
     #[arg(long)]
     log_file: Option<PathBuf>,
+    /// Print the JSON Schema of hosts.json and exit
+    #[arg(long)]
+    print_config_schema: bool,
     /// Seconds in-flight calls get to finish at shutdown before they are stopped.
     #[arg(long, default_value_t = mcp_ssh_daemon::DEFAULT_GRACE.as_secs())]
     grace: u64,
@@ -52,6 +55,10 @@ fn main() -> ExitCode {
 
 fn real_main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.print_config_schema {
+        print!("{}", mcp_ssh_daemon::config::schema());
+        return Ok(());
+    }
     if args.detach {
         // Fails only if we already lead a process group, in which case we are detached enough.
         let _ = nix::unistd::setsid();
@@ -65,6 +72,10 @@ fn real_main() -> anyhow::Result<()> {
         .unwrap_or("info");
     init_logging(level, args.log_file.as_deref())?;
     let config = config?;
+    // Socket activation (systemd): LISTEN_FDS / LISTEN_PID name fd 3.
+    let activated = listenfd::ListenFd::from_env()
+        .take_unix_listener(0)
+        .context("cannot use the socket passed by systemd")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -77,6 +88,7 @@ fn real_main() -> anyhow::Result<()> {
             config,
             socket,
             grace: Duration::from_secs(args.grace),
+            activated,
         };
         mcp_ssh_daemon::run(opts, shutdown).await?;
         Ok(())

@@ -10,5 +10,6 @@ mod daemon_exec;
 mod daemon_hostkeys;
 mod daemon_lifecycle;
 mod security;
+mod service;
 mod shim;
 mod transfer;

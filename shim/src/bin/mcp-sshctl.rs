@@ -79,6 +79,13 @@ enum Cmd {
     Disconnect { host: String },
     /// Stop the daemon (in-flight calls get a grace period)
     Stop,
+    /// Where the daemon logs; with --tail N, its last N lines
+    Logs {
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions { shell: clap_complete::Shell },
 }
 
 /// Exit codes: the remote command's own for `exec`; otherwise these.
@@ -136,6 +143,16 @@ async fn run(args: Args) -> ExitCode {
         } => transfer(&opts, false, host, local, remote, verify).await,
         Cmd::Disconnect { host } => disconnect(&opts, host).await,
         Cmd::Stop => stop(&opts).await,
+        Cmd::Logs { tail } => logs(&opts, tail),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Args as clap::CommandFactory>::command(),
+                "mcp-sshctl",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,
@@ -522,6 +539,34 @@ async fn stop(opts: &ClientOptions) -> Result<ExitCode, ClientError> {
     }
     println!("mcp-sshd (pid {pid}) is still draining in-flight calls");
     Ok(ExitCode::SUCCESS)
+}
+
+/// A daemon started by a client logs next to its socket (`<socket>.log`); one run by systemd
+/// logs to the journal, one run by launchd to ~/Library/Logs/mcp-sshd.log.
+fn logs(opts: &ClientOptions, tail: Option<usize>) -> Result<ExitCode, ClientError> {
+    let socket = paths::resolve_socket(opts.socket.as_deref())?;
+    let log = socket.log_file();
+    let Some(n) = tail else {
+        println!("{}", log.display());
+        println!("(a daemon run by systemd logs to the journal: journalctl --user -u mcp-sshd)");
+        return Ok(ExitCode::SUCCESS);
+    };
+    match std::fs::read_to_string(&log) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            for line in &lines[lines.len().saturating_sub(n)..] {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!(
+                "mcp-sshctl: cannot read {}: {e} (journalctl --user -u mcp-sshd if systemd runs the daemon)",
+                log.display()
+            );
+            Ok(ExitCode::from(EXIT_ERROR))
+        }
+    }
 }
 
 fn since_ms(unix_ms: i64) -> u64 {

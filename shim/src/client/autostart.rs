@@ -47,6 +47,17 @@ pub(super) async fn start(
     if answers(socket).await {
         return Ok(());
     }
+    // A daemon the service manager knows is started through it, so it does not end up in the
+    // AI client's process tree (or cgroup) and restarts on failure.
+    if let Some(manager) = start_through_service_manager(socket) {
+        if wait_until_answers(socket, READY_WAIT).await {
+            return Ok(());
+        }
+        return Err(failed(format!(
+            "{manager} started mcp-sshd but it does not answer; see {}",
+            manager_logs(manager)
+        )));
+    }
     let program = daemon_program();
     let mut command = Command::new(&program);
     command
@@ -94,6 +105,79 @@ pub(super) async fn start(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_millis(200));
     }
+}
+
+#[derive(Clone, Copy)]
+enum Manager {
+    Systemd,
+    Launchd,
+}
+
+impl std::fmt::Display for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Manager::Systemd => "systemd",
+            Manager::Launchd => "launchd",
+        })
+    }
+}
+
+fn manager_logs(manager: Manager) -> &'static str {
+    match manager {
+        Manager::Systemd => "`journalctl --user -u mcp-sshd`",
+        Manager::Launchd => "~/Library/Logs/mcp-sshd.log",
+    }
+}
+
+/// Starts the daemon through systemd or launchd when the user installed our unit (README,
+/// "Running as a service") and the socket is the default one the unit listens on. Returns the
+/// manager that accepted the request.
+fn start_through_service_manager(socket: &SocketLocation) -> Option<Manager> {
+    if socket.rule == paths::SocketRule::Override {
+        return None;
+    }
+    let dirs = directories::BaseDirs::new()?;
+    let quiet = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let unit = dirs.config_dir().join("systemd/user/mcp-sshd.socket");
+    if unit.is_file()
+        && quiet(
+            "systemctl",
+            &["--user", "start", "mcp-sshd.socket", "mcp-sshd.service"],
+        )
+    {
+        tracing::info!("started mcp-sshd through systemd");
+        return Some(Manager::Systemd);
+    }
+    let agent = dirs
+        .home_dir()
+        .join("Library/LaunchAgents/dev.mcp-ssh.daemon.plist");
+    let target = format!("gui/{}/dev.mcp-ssh.daemon", nix::unistd::getuid());
+    if agent.is_file() && quiet("launchctl", &["kickstart", &target]) {
+        tracing::info!("started mcp-sshd through launchd");
+        return Some(Manager::Launchd);
+    }
+    None
+}
+
+async fn wait_until_answers(socket: &SocketLocation, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut backoff = Duration::from_millis(10);
+    while Instant::now() < deadline {
+        if answers(socket).await {
+            return true;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(200));
+    }
+    false
 }
 
 /// Polls a non-blocking flock, so waiting never blocks the async runtime.

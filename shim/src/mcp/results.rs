@@ -188,14 +188,18 @@ impl BatchResult {
             self.host
         );
         for (n, item) in self.results.iter().enumerate() {
-            text.push_str(&format!("\n[{}] $ {}\n", n + 1, item.command));
-            match (&item.result, &item.error) {
-                (Some(r), Some(e)) => text.push_str(&r.failure_text(e)),
-                (Some(r), None) => text.push_str(&r.text()),
-                (None, Some(e)) => text.push_str(e),
-                (None, None) => text.push_str("not run (an earlier command failed)"),
-            }
-            text.push('\n');
+            let body = match (&item.result, &item.error) {
+                (Some(r), Some(e)) => r.failure_text(e),
+                (Some(r), None) => r.text(),
+                (None, Some(e)) => e.clone(),
+                (None, None) => "not run (an earlier command failed)".to_string(),
+            };
+            text.push_str(&format!(
+                "\n[{}] $ {}\n{}\n",
+                n + 1,
+                item.command,
+                body.trim_end()
+            ));
         }
         text
     }
