@@ -8,6 +8,12 @@ use russh_sftp::client::RawSftpSession;
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
+
 use super::connection::ChannelSlot;
 use super::{Connection, SshError};
 
@@ -16,6 +22,9 @@ const POSIX_RENAME: &str = "posix-rename@openssh.com";
 /// An SFTP session on its own channel of the host's connection (it counts against the budget).
 pub struct Sftp {
     raw: RawSftpSession,
+    /// Fired when the server ends the session (e.g. sftp-server killed by a file size limit):
+    /// russh-sftp would otherwise let outstanding requests wait for their full timeout.
+    ended: CancellationToken,
     posix_rename: bool,
     read_len: u32,
     write_len: u32,
@@ -82,7 +91,12 @@ impl Sftp {
             max_packet_len: 512 * 1024,
             ..Default::default()
         };
-        let mut raw = RawSftpSession::new_with_config(channel.into_stream(), config);
+        let ended = CancellationToken::new();
+        let stream = WatchedStream {
+            inner: channel.into_stream(),
+            ended: ended.clone(),
+        };
+        let mut raw = RawSftpSession::new_with_config(stream, config);
         raw.set_timeout(timeout.as_secs().max(1));
         let version = raw
             .init()
@@ -112,6 +126,7 @@ impl Sftp {
         }
         Ok(Sftp {
             raw,
+            ended,
             posix_rename,
             read_len,
             write_len,
@@ -122,6 +137,15 @@ impl Sftp {
 
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.ended.is_cancelled()
+    }
+
+    /// Resolves when the server has ended the SFTP session.
+    pub async fn ended(&self) {
+        self.ended.cancelled().await;
     }
 
     /// The largest write the server accepts in one request.
@@ -183,6 +207,14 @@ impl Sftp {
     pub async fn close(&self, handle: &str) -> OpResult<()> {
         self.raw.close(handle).await?;
         Ok(())
+    }
+
+    /// Closes a handle after a failure, without waiting long on a session that may be dead.
+    pub async fn close_after_failure(&self, handle: &str) {
+        if !self.ended.is_cancelled() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.raw.close(handle))
+                .await;
+        }
     }
 
     pub async fn set_mode(&self, path: &str, mode: u32) -> OpResult<()> {
@@ -280,5 +312,44 @@ impl Sftp {
             }
             _ => None,
         }
+    }
+}
+
+/// The channel stream, reporting its end (EOF or error on read) through `ended`.
+struct WatchedStream<S> {
+    inner: S,
+    ended: CancellationToken,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WatchedStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(r) = &result
+            && (r.is_err() || buf.filled().len() == before)
+        {
+            self.ended.cancel();
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -25,6 +25,8 @@ use crate::policy::quote;
 
 /// Most SFTP requests kept in flight (about 4 MiB of data is the aim; see `send_file`).
 const IN_FLIGHT: usize = 64;
+/// Deadline for housekeeping on a session that may have just failed (diagnosis, cleanup).
+const QUICK: Duration = Duration::from_secs(5);
 /// Downloads start flushing to disk every this many bytes (see `receive_file`).
 const EARLY_SYNC_EVERY: u64 = 32 * 1024 * 1024;
 /// Local reads and writes go in blocks this large.
@@ -205,7 +207,12 @@ async fn phrase(
         ),
         OpError::Failure(msg) => {
             let (dir, _) = remote_split(path);
-            match sftp.free_space(&dir).await {
+            // The session may be the thing that failed: ask briefly.
+            match tokio::time::timeout(QUICK, sftp.free_space(&dir))
+                .await
+                .ok()
+                .flatten()
+            {
                 Some(free) if free < 1024 * 1024 => fail(
                     TransferKind::NoSpace,
                     format!(
@@ -403,7 +410,7 @@ async fn upload_file(
             Err(e) => Err(phrase(ctx, sftp, home, e, "finish writing", &tmp).await),
         },
         Err(e) => {
-            let _ = sftp.close(&handle).await;
+            sftp.close_after_failure(&handle).await;
             Err(e)
         }
     };
@@ -503,6 +510,9 @@ async fn send_file(
                 },
                 () = ctx.cancel.cancelled() => return Err(fail(TransferKind::Cancelled, "transfer cancelled".into())),
                 () = ctx.conn.lost() => return Err(ctx.conn.lost_error()),
+                () = sftp.ended() => {
+                    return Err(phrase(ctx, sftp, home, OpError::Gone("the server ended the SFTP session".into()), "write", tmp).await);
+                }
             }
         }
     }
@@ -517,13 +527,18 @@ async fn send_file(
 
 /// Removes a remote temporary file now, or remembers it for when the host is reached again.
 async fn remove_remote_temp(conn: &Connection, sftp: &Sftp, tmp: &str, pending: &PendingTemps) {
-    if sftp.remove(tmp).await.is_ok() {
+    if !sftp.is_ended()
+        && matches!(
+            tokio::time::timeout(QUICK, sftp.remove(tmp)).await,
+            Ok(Ok(()))
+        )
+    {
         pending.done(tmp);
         return;
     }
     // The SFTP session may be what died (a size limit kills sftp-server): try a fresh one.
     if conn.is_alive()
-        && let Ok(fresh) = Sftp::open(conn, Duration::from_secs(10)).await
+        && let Ok(Ok(fresh)) = tokio::time::timeout(QUICK, Sftp::open(conn, QUICK)).await
         && (fresh.remove(tmp).await.is_ok()
             || matches!(fresh.stat(tmp).await, Err(OpError::NotFound)))
     {
@@ -739,7 +754,14 @@ async fn download_file(
         Err(e) => return Err(phrase(ctx, sftp, home, e, "read", remote).await),
     };
     let result = receive_file(ctx, sftp, home, remote, &handle, &tmp, mode).await;
-    let _ = sftp.close(&handle).await;
+    match &result {
+        Ok(_) => {
+            if let Err(e) = sftp.close(&handle).await {
+                tracing::debug!("closing {remote} after reading it: {e:?}");
+            }
+        }
+        Err(_) => sftp.close_after_failure(&handle).await,
+    }
     let finished = match result {
         Ok(done) => tokio::fs::rename(&tmp, dest)
             .await
@@ -820,6 +842,9 @@ async fn receive_file(
                 next = reads.next() => next,
                 () = ctx.cancel.cancelled() => return Err(fail(TransferKind::Cancelled, "transfer cancelled".into())),
                 () = ctx.conn.lost() => return Err(ctx.conn.lost_error()),
+                () = sftp.ended() => {
+                    return Err(phrase(ctx, sftp, home, OpError::Gone("the server ended the SFTP session".into()), "read", remote).await);
+                }
             };
             let (at, mut data) = match next {
                 Some(Ok(read)) => read,
