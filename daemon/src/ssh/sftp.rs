@@ -59,7 +59,8 @@ impl From<SftpError> for OpError {
                 other => OpError::Other(format!("{other}: {}", s.error_message)),
             },
             SftpError::Timeout => OpError::Timeout,
-            SftpError::IO(m) => OpError::Gone(m),
+            // The session's channel is gone ("sender dropped", "session closed", send errors).
+            SftpError::IO(m) | SftpError::UnexpectedBehavior(m) => OpError::Gone(m),
             other => OpError::Other(other.to_string()),
         }
     }

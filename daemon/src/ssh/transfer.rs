@@ -197,7 +197,8 @@ async fn phrase(
                 ctx.idle.as_secs()
             ),
         ),
-        OpError::Gone(_) if !ctx.conn.is_alive() => ctx.conn.lost_error(),
+        // The session died: was it the whole connection? Its loss may be noticed a moment later.
+        OpError::Gone(_) if !connection_survives(ctx.conn).await => ctx.conn.lost_error(),
         OpError::Gone(why) => fail(
             TransferKind::TooLarge,
             format!(
@@ -229,6 +230,13 @@ async fn phrase(
         }
         OpError::Other(msg) => fail(TransferKind::Other, format!("cannot {what} {at}: {msg}")),
     }
+}
+
+async fn connection_survives(conn: &Connection) -> bool {
+    tokio::time::timeout(Duration::from_millis(500), conn.lost())
+        .await
+        .is_err()
+        && conn.is_alive()
 }
 
 fn local_error(e: std::io::Error, what: &str, path: &Path) -> SshError {

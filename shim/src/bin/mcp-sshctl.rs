@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use mcp_ssh_proto::paths;
 use mcp_ssh_proto::pb::{self, run_event};
 use mcp_ssh_shim::client::{
-    ClientError, ClientKind, ClientOptions, DaemonClient, Identity, resolve_local_path,
+    ClientError, ClientKind, ClientOptions, DaemonClient, Identity, resolve_local_path, state_name,
 };
 use serde_json::json;
 
@@ -269,15 +269,6 @@ fn host_table(hosts: &[pb::HostState]) -> String {
         out.push('\n');
     }
     out
-}
-
-fn state_name(state: i32) -> &'static str {
-    match pb::ConnectionState::try_from(state).unwrap_or(pb::ConnectionState::Unspecified) {
-        pb::ConnectionState::Connected => "connected",
-        pb::ConnectionState::Connecting => "connecting",
-        pb::ConnectionState::Failed => "failed",
-        pb::ConnectionState::Disconnected | pb::ConnectionState::Unspecified => "disconnected",
-    }
 }
 
 fn host_json(h: &pb::HostState) -> serde_json::Value {

@@ -199,3 +199,13 @@ pub fn resolve_local_path(path: &str, cwd: &Path) -> PathBuf {
         cwd.join(expanded)
     }
 }
+
+/// A host's connection state as people read it.
+pub fn state_name(state: i32) -> &'static str {
+    match pb::ConnectionState::try_from(state).unwrap_or(pb::ConnectionState::Unspecified) {
+        pb::ConnectionState::Connected => "connected",
+        pb::ConnectionState::Connecting => "connecting",
+        pb::ConnectionState::Failed => "failed",
+        pb::ConnectionState::Disconnected | pb::ConnectionState::Unspecified => "disconnected",
+    }
+}

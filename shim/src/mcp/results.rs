@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::output::CleanOutput;
+use crate::client::state_name;
 
 /// A successful tool result: the text for people and models, the structure for programs.
 pub fn ok<T: Serialize>(text: String, value: &T) -> CallToolResult {
@@ -202,15 +203,6 @@ impl BatchResult {
             ));
         }
         text
-    }
-}
-
-fn state_name(state: i32) -> &'static str {
-    match pb::ConnectionState::try_from(state).unwrap_or(pb::ConnectionState::Unspecified) {
-        pb::ConnectionState::Connected => "connected",
-        pb::ConnectionState::Connecting => "connecting",
-        pb::ConnectionState::Failed => "failed",
-        pb::ConnectionState::Disconnected | pb::ConnectionState::Unspecified => "disconnected",
     }
 }
 
