@@ -581,3 +581,29 @@ async fn garbage_on_stdin_should_get_json_rpc_errors_and_the_shim_keeps_serving(
         .unwrap();
     assert!(status.success(), "the shim exits cleanly when stdin closes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_daemon_binary_should_be_named_in_every_call() {
+    // A shim installed alone: no mcp-sshd beside it, none on PATH.
+    let dir = tempfile::tempdir().unwrap();
+    let lonely = dir.path().join("mcp-ssh-shim");
+    std::fs::copy(bin("mcp-ssh-shim"), &lonely).unwrap();
+    let daemon = Daemon::prepare(&hosts_json(&[]));
+    let mut command = tokio::process::Command::new(&lonely);
+    command
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .arg("--log-file")
+        .arg(dir.path().join("shim.log"))
+        .env("PATH", "/usr/bin:/bin")
+        .env_remove("MCP_SSH_SOCKET");
+    let shim = Shim::spawn_command(command, "lonely").await;
+    let result = shim.call("list_hosts", json!({})).await;
+    assert!(is_error(&result));
+    let t = text(&result);
+    assert!(
+        t.contains("mcp-sshd could not be started")
+            && t.contains("installed next to this program or on PATH"),
+        "{t}"
+    );
+}

@@ -72,10 +72,15 @@ impl Shim {
         command
             .env_remove("MCP_SSH_SOCKET")
             .env_remove("MCP_SSH_CONFIG");
+        Shim::spawn_command(command, opts.client_name).await
+    }
+
+    /// Runs a prepared shim command (another binary location, another environment).
+    pub async fn spawn_command(command: tokio::process::Command, client_name: &str) -> Shim {
         let transport = TokioChildProcess::new(command).expect("cannot spawn mcp-ssh-shim");
         let progress = Arc::new(Mutex::new(Vec::new()));
         let client = TestClient {
-            name: opts.client_name.to_string(),
+            name: client_name.to_string(),
             progress: progress.clone(),
         };
         let service = client
