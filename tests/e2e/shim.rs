@@ -607,3 +607,58 @@ async fn a_missing_daemon_binary_should_be_named_in_every_call() {
         "{t}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_daemon_should_be_restarted_by_the_next_call() {
+    let sshd = Sshd::start();
+    // No daemon yet: the shims start it, as in real use.
+    let daemon = Daemon::prepare(&hosts_json(&[sshd.host("box", &login_user())]));
+    let first = shim_for(&daemon, "first").await;
+    let second = shim_for(&daemon, "second").await;
+    for shim in [&first, &second] {
+        let r = shim
+            .call(
+                "ssh_execute",
+                json!({ "host": "box", "command": "echo before" }),
+            )
+            .await;
+        assert_eq!(structured(&r)["stdout"], "before\n", "{}", text(&r));
+    }
+    let lock = std::fs::read_to_string(format!("{}.lock", daemon.socket.display())).unwrap();
+    let old_pid: i32 = lock.lines().next().unwrap().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(eventually(Duration::from_secs(5), || {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(old_pid), None).is_err()
+    }));
+    assert!(daemon.socket.exists(), "SIGKILL leaves the socket behind");
+
+    for shim in [&first, &second] {
+        let r = tokio::time::timeout(
+            Duration::from_secs(20),
+            shim.call(
+                "ssh_execute",
+                json!({ "host": "box", "command": "echo after" }),
+            ),
+        )
+        .await
+        .expect("a call after the daemon died must not hang");
+        assert_eq!(structured(&r)["stdout"], "after\n", "{}", text(&r));
+    }
+    let lock = std::fs::read_to_string(format!("{}.lock", daemon.socket.display())).unwrap();
+    let new_pid: i32 = lock.lines().next().unwrap().parse().unwrap();
+    assert_ne!(new_pid, old_pid, "a new daemon serves");
+    let daemons: Vec<u32> = processes_matching(&format!("--socket {}", daemon.socket.display()))
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .unwrap_or_default()
+                .trim()
+                == "mcp-sshd"
+        })
+        .collect();
+    assert_eq!(daemons.len(), 1, "exactly one new daemon: {daemons:?}");
+}
