@@ -35,6 +35,9 @@ struct Args {
     /// Print the JSON Schema of hosts.json and exit
     #[arg(long)]
     print_config_schema: bool,
+    /// Validate hosts.json, print problems and warnings, and exit (non-zero when invalid)
+    #[arg(long)]
+    check_config: bool,
     /// Seconds in-flight calls get to finish at shutdown before they are stopped.
     #[arg(long, default_value_t = mcp_ssh_daemon::DEFAULT_GRACE.as_secs())]
     grace: u64,
@@ -57,6 +60,19 @@ fn real_main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.print_config_schema {
         print!("{}", mcp_ssh_daemon::config::schema());
+        return Ok(());
+    }
+    if args.check_config {
+        let path = paths::resolve_config(args.config.as_deref());
+        let config = Config::load(&path)?;
+        println!(
+            "{} is valid: {} host(s)",
+            path.display(),
+            config.hosts.len()
+        );
+        for warning in &config.warnings {
+            println!("warning: {warning}");
+        }
         return Ok(());
     }
     if args.detach {

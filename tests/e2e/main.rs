@@ -9,6 +9,7 @@ mod daemon_auth;
 mod daemon_exec;
 mod daemon_hostkeys;
 mod daemon_lifecycle;
+mod doctor;
 mod security;
 mod service;
 mod shim;

@@ -79,6 +79,12 @@ enum Cmd {
     Disconnect { host: String },
     /// Stop the daemon (in-flight calls get a grace period)
     Stop,
+    /// Check the setup: config, permissions, socket, daemon, ssh-agent, and each host
+    /// (DNS, TCP, host key, authentication); says how to fix what is wrong
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
     /// Where the daemon logs; with --tail N, its last N lines
     Logs {
         #[arg(long, value_name = "N")]
@@ -87,6 +93,8 @@ enum Cmd {
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions { shell: clap_complete::Shell },
 }
+
+mod doctor;
 
 /// Exit codes: the remote command's own for `exec`; otherwise these.
 const EXIT_ERROR: u8 = 1;
@@ -144,6 +152,7 @@ async fn run(args: Args) -> ExitCode {
         Cmd::Disconnect { host } => disconnect(&opts, host).await,
         Cmd::Stop => stop(&opts).await,
         Cmd::Logs { tail } => logs(&opts, tail),
+        Cmd::Doctor { json } => doctor::run(&opts, json).await,
         Cmd::Completions { shell } => {
             clap_complete::generate(
                 shell,
