@@ -516,7 +516,7 @@ async fn concurrency(b: &mut Bench) -> anyhow::Result<()> {
         }
     }
     let total = pending.len();
-    for result in join_all(pending).await {
+    for result in mcp_ssh_tests::join_all(pending).await {
         if is_error(&result) {
             failures += 1;
         }
@@ -589,33 +589,6 @@ fn shim_pid(socket: &Path) -> Option<u32> {
         (comm.trim() == "mcp-ssh-shim" && String::from_utf8_lossy(&cmdline).contains(&needle))
             .then_some(pid)
     })
-}
-
-async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut pending: Vec<Option<std::pin::Pin<Box<F>>>> =
-        futures.into_iter().map(|f| Some(Box::pin(f))).collect();
-    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (slot, out) in pending.iter_mut().zip(results.iter_mut()) {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        *out = Some(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => done = false,
-                }
-            }
-        }
-        if done {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    results.into_iter().flatten().collect()
 }
 
 fn print_table(rows: &[Row]) {

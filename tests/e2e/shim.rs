@@ -428,7 +428,7 @@ async fn eight_shims_racing_should_start_exactly_one_daemon() {
             client_name: name,
         }));
     }
-    let shims = futures_join(shims).await;
+    let shims = mcp_ssh_tests::join_all(shims).await;
     let mut calls = Vec::new();
     for shim in &shims {
         calls.push(shim.call(
@@ -436,19 +436,10 @@ async fn eight_shims_racing_should_start_exactly_one_daemon() {
             json!({ "host": "box", "command": "echo ok" }),
         ));
     }
-    for result in futures_join(calls).await {
+    for result in mcp_ssh_tests::join_all(calls).await {
         assert_eq!(structured(&result)["stdout"], "ok\n", "{}", text(&result));
     }
-    let socket = daemon.socket.display().to_string();
-    let daemons: Vec<u32> = processes_matching(&format!("--socket {socket}"))
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .unwrap_or_default()
-                .trim()
-                == "mcp-sshd"
-        })
-        .collect();
+    let daemons = mcp_ssh_tests::daemons_serving(&daemon.socket);
     assert_eq!(daemons.len(), 1, "daemons running: {daemons:?}");
     assert_eq!(sshd.accepted_logins(), 1);
     let status = daemon.ctl(&["status", "--json"]);
@@ -458,34 +449,6 @@ async fn eight_shims_racing_should_start_exactly_one_daemon() {
         8 + 1,
         "8 shims and this mcp-sshctl"
     );
-}
-
-/// Awaits futures concurrently (they are polled together, so the shims really race).
-async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let handles: Vec<_> = futures.into_iter().map(Box::pin).collect();
-    let mut pending: Vec<Option<std::pin::Pin<Box<F>>>> = handles.into_iter().map(Some).collect();
-    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut all_done = true;
-        for (slot, result) in pending.iter_mut().zip(results.iter_mut()) {
-            if let Some(fut) = slot {
-                match fut.as_mut().poll(cx) {
-                    std::task::Poll::Ready(out) => {
-                        *result = Some(out);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => all_done = false,
-                }
-            }
-        }
-        if all_done {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    results.into_iter().map(|r| r.unwrap()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -651,14 +614,6 @@ async fn a_killed_daemon_should_be_restarted_by_the_next_call() {
     let lock = std::fs::read_to_string(format!("{}.lock", daemon.socket.display())).unwrap();
     let new_pid: i32 = lock.lines().next().unwrap().parse().unwrap();
     assert_ne!(new_pid, old_pid, "a new daemon serves");
-    let daemons: Vec<u32> = processes_matching(&format!("--socket {}", daemon.socket.display()))
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .unwrap_or_default()
-                .trim()
-                == "mcp-sshd"
-        })
-        .collect();
+    let daemons = mcp_ssh_tests::daemons_serving(&daemon.socket);
     assert_eq!(daemons.len(), 1, "exactly one new daemon: {daemons:?}");
 }
