@@ -194,11 +194,7 @@ fn parse_words(input: &str) -> Result<Vec<Word>, String> {
                 }
             }
             '\'' => {
-                let word = current.get_or_insert(Word {
-                    value: String::new(),
-                    quoted: true,
-                });
-                word.quoted = true;
+                let word = word_in_progress(&mut current, true);
                 loop {
                     match chars.next() {
                         Some('\'') => break,
@@ -208,11 +204,7 @@ fn parse_words(input: &str) -> Result<Vec<Word>, String> {
                 }
             }
             '"' => {
-                let word = current.get_or_insert(Word {
-                    value: String::new(),
-                    quoted: true,
-                });
-                word.quoted = true;
+                let word = word_in_progress(&mut current, true);
                 loop {
                     match chars.next() {
                         Some('"') => break,
@@ -229,13 +221,7 @@ fn parse_words(input: &str) -> Result<Vec<Word>, String> {
                     }
                 }
             }
-            c if is_plain(c) => current
-                .get_or_insert(Word {
-                    value: String::new(),
-                    quoted: false,
-                })
-                .value
-                .push(c),
+            c if is_plain(c) => word_in_progress(&mut current, false).value.push(c),
             c => return Err(describe_unquoted(c)),
         }
     }
@@ -243,6 +229,16 @@ fn parse_words(input: &str) -> Result<Vec<Word>, String> {
         words.push(word);
     }
     Ok(words)
+}
+
+/// The word being built (starting one if needed); `quoted` marks it as written with quotes.
+fn word_in_progress(current: &mut Option<Word>, quoted: bool) -> &mut Word {
+    let word = current.get_or_insert(Word {
+        value: String::new(),
+        quoted,
+    });
+    word.quoted |= quoted;
+    word
 }
 
 /// A character inside quotes: anything printable, but no control or deceptive characters.
