@@ -80,7 +80,7 @@ pub struct Audit {
     path: Option<PathBuf>,
     file: Mutex<Option<(File, u64)>>,
     /// Strings that must never be written: every configured password, raw and JSON-escaped.
-    secrets: Vec<SecretString>,
+    secrets: Mutex<Vec<SecretString>>,
 }
 
 impl Audit {
@@ -89,12 +89,24 @@ impl Audit {
         Audit {
             path: None,
             file: Mutex::new(None),
-            secrets: Vec::new(),
+            secrets: Mutex::new(Vec::new()),
         }
     }
 
     /// Opens (creating 0600) the audit log at `path`; fails early so a bad path is a startup error.
     pub fn open(path: &Path, secrets: Vec<SecretString>) -> std::io::Result<Audit> {
+        let file = open_append(path)?;
+        let audit = Audit {
+            path: Some(path.to_path_buf()),
+            file: Mutex::new(Some(file)),
+            secrets: Mutex::new(Vec::new()),
+        };
+        audit.set_secrets(secrets);
+        Ok(audit)
+    }
+
+    /// Replaces the passwords to scrub (a reload may add or change them).
+    pub fn set_secrets(&self, secrets: Vec<SecretString>) {
         let mut expanded = Vec::new();
         for secret in secrets {
             let raw = secret.expose_secret();
@@ -110,12 +122,12 @@ impl Audit {
         }
         // Longest first, so a password containing another is scrubbed whole.
         expanded.sort_by_key(|s| std::cmp::Reverse(s.expose_secret().len()));
-        let file = open_append(path)?;
-        Ok(Audit {
-            path: Some(path.to_path_buf()),
-            file: Mutex::new(Some(file)),
-            secrets: expanded,
-        })
+        *lock(&self.secrets) = expanded;
+    }
+
+    /// Where records go, if anywhere.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     pub fn enabled(&self) -> bool {
@@ -125,7 +137,7 @@ impl Audit {
     /// Replaces every configured password in `text`.
     pub fn scrub(&self, text: &str) -> String {
         let mut text = text.to_string();
-        for secret in &self.secrets {
+        for secret in lock(&self.secrets).iter() {
             let s = secret.expose_secret();
             if text.contains(s) {
                 text = text.replace(s, REDACTED);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use schemars::JsonSchema;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::policy::CommandPolicy;
 use serde::Deserialize;
@@ -242,6 +242,8 @@ pub struct HostConfig {
     pub transfer_timeout: Duration,
     /// `allowed_commands`, parsed; `None` means any command may run.
     pub policy: Option<CommandPolicy>,
+    /// `allowed_commands` as written, to tell whether a reload changed it.
+    pub allowed_commands: Option<Vec<String>>,
     /// known_hosts files to check, in order (the host's own, else the global one, else
     /// `~/.ssh/known_hosts`; then `/etc/ssh/ssh_known_hosts`).
     pub known_hosts_files: Vec<PathBuf>,
@@ -270,6 +272,34 @@ impl fmt::Debug for HostConfig {
 }
 
 impl HostConfig {
+    /// Whether a connection opened with `self` is also what `other` asks for: everything that
+    /// goes into connecting and authenticating is the same.
+    pub fn same_connection(&self, other: &HostConfig) -> bool {
+        fn password(h: &HostConfig) -> Option<&str> {
+            h.password.as_ref().map(|p| p.expose_secret())
+        }
+        self.hostname == other.hostname
+            && self.port == other.port
+            && self.username == other.username
+            && self.identity_file == other.identity_file
+            && password(self) == password(other)
+            && self.auto_accept_host_key == other.auto_accept_host_key
+            && self.known_hosts_files == other.known_hosts_files
+            && self.connect_timeout == other.connect_timeout
+            && self.keepalive_interval == other.keepalive_interval
+            && self.keepalive_max == other.keepalive_max
+            && self.max_sessions == other.max_sessions
+            && self.cipher == other.cipher
+    }
+
+    /// Whether `other` is the same host with the same settings in every respect.
+    pub fn same_settings(&self, other: &HostConfig) -> bool {
+        self.same_connection(other)
+            && self.command_timeout == other.command_timeout
+            && self.transfer_timeout == other.transfer_timeout
+            && self.allowed_commands == other.allowed_commands
+    }
+
     /// `user@host:port`, for messages.
     pub fn target(&self) -> String {
         format!("{}@{}:{}", self.username, self.hostname, self.port)
@@ -417,6 +447,7 @@ fn validate_host(raw: RawHost, global_known_hosts: Option<&Path>) -> Result<Host
         command_timeout: Duration::from_secs(command_timeout),
         transfer_timeout: Duration::from_secs(transfer_timeout),
         policy,
+        allowed_commands: raw.allowed_commands,
         known_hosts_files,
         connect_timeout: Duration::from_secs(connect_timeout),
         keepalive_interval: (raw.keepalive_interval > 0)

@@ -31,6 +31,16 @@ pub enum Error {
     },
     #[error("{0}")]
     Incompatible(String),
+    #[error(
+        "host {host} is unreachable: {reason} ({} s ago); mcp-sshd tries again in {} s (or now, after ssh_disconnect)",
+        ago.as_secs(), retry_in.as_secs().max(1)
+    )]
+    Unreachable {
+        host: String,
+        reason: String,
+        ago: std::time::Duration,
+        retry_in: std::time::Duration,
+    },
 }
 
 impl From<SshError> for Error {
@@ -45,7 +55,7 @@ impl From<Error> for Status {
             Error::UnknownHost { .. } => Code::NotFound,
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::Refused { .. } => Code::PermissionDenied,
-            Error::ShuttingDown => Code::Unavailable,
+            Error::ShuttingDown | Error::Unreachable { .. } => Code::Unavailable,
             Error::Incompatible(_) => Code::FailedPrecondition,
             Error::Ssh(ssh) => match ssh.as_ref() {
                 SshError::Connect { .. }

@@ -35,6 +35,8 @@ pub enum DaemonError {
     Audit(std::io::Error),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("cannot watch SIGHUP: {0}")]
+    Signal(std::io::Error),
 }
 
 pub struct Options {
@@ -44,6 +46,24 @@ pub struct Options {
     /// A listening socket handed over by systemd (socket activation); we then neither bind nor
     /// remove the socket, systemd owns it.
     pub activated: Option<std::os::unix::net::UnixListener>,
+}
+
+/// SIGHUP re-reads hosts.json, as `mcp-sshctl reload` does (and the conventional way for
+/// service managers and scripts).
+fn reload_on_sighup(registry: Arc<Registry>) -> Result<(), DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!(
+                "SIGHUP received: reloading {}",
+                registry.config_path.display()
+            );
+            // The outcome is logged, audited and shown by `status`.
+            let _ = registry.reload(&None).await;
+        }
+    });
+    Ok(())
 }
 
 /// Runs the daemon until `shutdown` fires (or a client calls Shutdown), then drains: in-flight
@@ -78,9 +98,11 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), Daemo
         pid = std::process::id(),
         socket = %socket_path.display(),
         config = %registry.config_path.display(),
-        hosts = registry.hosts().count(),
+        hosts = registry.hosts().len(),
         "mcp-sshd {} ready", mcp_ssh_proto::version::PACKAGE_VERSION
     );
+
+    reload_on_sighup(registry.clone())?;
 
     let detach = {
         let registry = registry.clone();

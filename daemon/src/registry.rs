@@ -1,15 +1,16 @@
 //! The daemon's live state: configured hosts with their connections, and attached clients.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{Audit, ClientRef, Record};
-use crate::config::{Config, HostConfig};
+use crate::config::{Config, ConfigError, HostConfig, LogLevel};
 use crate::error::Error;
 use crate::ssh::connection::lock;
 use crate::ssh::transfer::{self, PendingTemps, Progress, TransferOutcome, TransferSpec};
@@ -42,17 +43,34 @@ pub struct HostSnapshot {
     pub restricted: bool,
 }
 
+/// After a host could not be reached (connect deadline passed, keepalives unanswered), calls
+/// fail at once with that error for this long instead of each waiting out its own deadline.
+pub const RETRY_COOLDOWN: Duration = Duration::from_secs(5);
+
 struct HostStatus {
     conn: Option<Arc<Connection>>,
     state: ConnState,
     since: SystemTime,
     last_error: Option<String>,
     connections_opened: u64,
+    /// Set when the host was unreachable: when that was noticed, and why.
+    unreachable: Option<(Instant, String)>,
+}
+
+/// What a reload did to one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostChange {
+    Unchanged,
+    /// Settings applied at once; the connection is kept.
+    Updated,
+    /// Connection settings changed: the next call connects anew, the old connection closes
+    /// once its calls are done.
+    Reconnect,
 }
 
 /// One configured host and its (lazily opened) connection.
 pub struct HostEntry {
-    pub config: Arc<HostConfig>,
+    config: Mutex<Arc<HostConfig>>,
     status: Mutex<HostStatus>,
     /// Serializes connection attempts, so concurrent first calls share one connection.
     connecting: tokio::sync::Mutex<()>,
@@ -65,21 +83,44 @@ impl HostEntry {
     fn new(config: HostConfig, audit: Arc<Audit>) -> HostEntry {
         HostEntry {
             audit,
-            config: Arc::new(config),
+            config: Mutex::new(Arc::new(config)),
             status: Mutex::new(HostStatus {
                 conn: None,
                 state: ConnState::Disconnected,
                 since: SystemTime::now(),
                 last_error: None,
                 connections_opened: 0,
+                unreachable: None,
             }),
             connecting: tokio::sync::Mutex::new(()),
             pending: PendingTemps::default(),
         }
     }
 
+    /// The host's current settings (a reload may replace them between calls).
+    pub fn config(&self) -> Arc<HostConfig> {
+        lock(&self.config).clone()
+    }
+
+    pub fn name(&self) -> String {
+        self.config().name.clone()
+    }
+
     fn live_connection(&self) -> Option<Arc<Connection>> {
         lock(&self.status).conn.clone().filter(|c| c.is_alive())
+    }
+
+    /// The error to fail with at once while the host recently was unreachable.
+    fn unreachable_error(&self) -> Option<Error> {
+        let status = lock(&self.status);
+        let (when, reason) = status.unreachable.as_ref()?;
+        let retry_in = RETRY_COOLDOWN.checked_sub(when.elapsed())?;
+        Some(Error::Unreachable {
+            host: self.config().name.clone(),
+            reason: reason.clone(),
+            ago: when.elapsed(),
+            retry_in,
+        })
     }
 
     /// The host's connection, opened now if there is none. The bool is true when this call
@@ -91,18 +132,32 @@ impl HostEntry {
         if let Some(conn) = self.live_connection() {
             return Ok((conn, false));
         }
-        let _guard = self.connecting.lock().await;
+        self.note_lost_connection();
+        let _guard = match self.connecting.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                // Someone is already trying; if the host was just unreachable, do not queue
+                // behind an attempt that is likely to time out as well.
+                if let Some(e) = self.unreachable_error() {
+                    return Err(e);
+                }
+                self.connecting.lock().await
+            }
+        };
         if let Some(conn) = self.live_connection() {
             return Ok((conn, false));
         }
-        self.note_lost_connection();
+        if let Some(e) = self.unreachable_error() {
+            return Err(e);
+        }
+        let config = self.config();
         self.set_state(ConnState::Connecting, None);
         let started = std::time::Instant::now();
-        let opened = Connection::open(self.config.clone(), self.audit.clone()).await;
+        let opened = Connection::open(config.clone(), self.audit.clone()).await;
         self.audit.record(Record {
             action: "connect",
             outcome: if opened.is_ok() { "ok" } else { "error" },
-            host: Some(self.config.name.clone()),
+            host: Some(config.name.clone()),
             client: caller.clone(),
             duration_ms: Some(millis(started.elapsed())),
             fingerprint: opened.as_ref().ok().map(|c| c.info().host_key_fingerprint),
@@ -117,6 +172,7 @@ impl HostEntry {
                 status.state = ConnState::Connected;
                 status.since = conn.connected_at;
                 status.last_error = None;
+                status.unreachable = None;
                 status.connections_opened += 1;
                 drop(status);
                 let (cleanup_conn, pending) = (conn.clone(), self.pending.clone());
@@ -124,8 +180,11 @@ impl HostEntry {
                 Ok((conn, true))
             }
             Err(e) => {
-                tracing::warn!(host = %self.config.name, "connect failed: {e}");
+                tracing::warn!(host = %config.name, "connect failed: {e}");
                 self.set_state(ConnState::Failed, Some(e.to_string()));
+                if matches!(e, ssh::SshError::ConnectTimeout { .. }) {
+                    lock(&self.status).unreachable = Some((Instant::now(), e.to_string()));
+                }
                 Err(e.into())
             }
         }
@@ -134,8 +193,49 @@ impl HostEntry {
     /// Records why the previous connection ended, the first time we notice.
     fn note_lost_connection(&self) {
         let mut status = lock(&self.status);
-        if let Some(conn) = status.conn.take() {
+        if let Some(conn) = status.conn.take_if(|c| !c.is_alive()) {
             status.last_error = conn.lost_reason();
+            if conn.went_silent() {
+                status.unreachable = status
+                    .last_error
+                    .clone()
+                    .map(|reason| (Instant::now(), format!("connection lost: {reason}")));
+            }
+        }
+    }
+
+    /// Applies a reloaded configuration of this host.
+    pub fn apply(&self, new: HostConfig) -> HostChange {
+        let mut config = lock(&self.config);
+        if config.same_settings(&new) {
+            return HostChange::Unchanged;
+        }
+        let reconnect = !config.same_connection(&new);
+        *config = Arc::new(new);
+        drop(config);
+        if !reconnect {
+            return HostChange::Updated;
+        }
+        let old = {
+            let mut status = lock(&self.status);
+            status.unreachable = None;
+            status.state = ConnState::Disconnected;
+            status.since = SystemTime::now();
+            status.conn.take()
+        };
+        if let Some(conn) = old {
+            tokio::spawn(close_when_idle(
+                conn,
+                "hosts.json changed this host's connection settings",
+            ));
+        }
+        HostChange::Reconnect
+    }
+
+    /// Closes the connection once the calls using it are done (the host left hosts.json).
+    fn retire(&self, reason: &'static str) {
+        if let Some(conn) = lock(&self.status).conn.take() {
+            tokio::spawn(close_when_idle(conn, reason));
         }
     }
 
@@ -163,7 +263,7 @@ impl HostEntry {
             // The connection died before we sent anything (e.g. sshd restarted since the last
             // call): nothing ran, so one fresh connection is safe to try.
             Err(e) if !conn.is_alive() => {
-                tracing::info!(host = %self.config.name, "reconnecting: {e}");
+                tracing::info!(host = %conn.host_name(), "reconnecting: {e}");
                 (conn, connected_now) = self.connection(caller).await?;
                 conn.open_work_channel().await?
             }
@@ -200,6 +300,8 @@ impl HostEntry {
             let conn = status.conn.take();
             status.state = ConnState::Disconnected;
             status.since = SystemTime::now();
+            // An explicit disconnect is also how a user asks to try an unreachable host again.
+            status.unreachable = None;
             conn
         };
         match conn {
@@ -209,7 +311,7 @@ impl HostEntry {
                 self.audit.record(Record {
                     action: "disconnect",
                     outcome: "ok",
-                    host: Some(self.config.name.clone()),
+                    host: Some(self.name()),
                     client: caller.clone(),
                     error: Some(reason.to_string()),
                     ..Record::default()
@@ -221,8 +323,8 @@ impl HostEntry {
     }
 
     pub fn snapshot(&self) -> HostSnapshot {
+        let cfg = self.config();
         let status = lock(&self.status);
-        let cfg = &self.config;
         let mut snap = HostSnapshot {
             name: cfg.name.clone(),
             hostname: cfg.hostname.clone(),
@@ -253,6 +355,15 @@ impl HostEntry {
     }
 }
 
+/// Waits until no call uses `conn` any more, then closes it.
+async fn close_when_idle(conn: Arc<Connection>, reason: &'static str) {
+    while conn.is_alive() && conn.channels_in_use() > 0 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tracing::info!(host = %conn.host_name(), "closing connection: {reason}");
+    conn.close(reason).await;
+}
+
 /// Who is attached to the daemon (one record per Hello, dropped when its socket closes).
 #[derive(Debug, Clone)]
 pub struct ClientRecord {
@@ -265,14 +376,52 @@ pub struct ClientRecord {
     pub conn_id: u64,
 }
 
-pub struct Registry {
-    pub audit: Arc<Audit>,
-    pub config_path: std::path::PathBuf,
-    pub socket_path: std::path::PathBuf,
+/// Daemon-wide settings from hosts.json and the state of reloading it.
+#[derive(Debug, Clone)]
+pub struct Settings {
     pub warnings: Vec<String>,
     pub max_output_bytes: u32,
+    /// 1 for the configuration loaded at startup, +1 per successful reload.
+    pub generation: u64,
+    pub loaded_at: SystemTime,
+    /// Why the last reload failed (the previous configuration is still in use).
+    pub reload_error: Option<String>,
+    log_level: LogLevel,
+    audit_log_file: Option<PathBuf>,
+}
+
+/// What clients are told when the configuration changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigEvent {
+    pub generation: u64,
+    pub host_names: Vec<String>,
+    pub max_output_bytes: u32,
+}
+
+/// What a successful reload did.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadSummary {
+    pub generation: u64,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Connection settings changed: they reconnect once idle.
+    pub reconnecting: Vec<String>,
+    /// Other settings changed (timeouts, allowed_commands): applied, connection kept.
+    pub updated: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+pub struct Registry {
+    pub audit: Arc<Audit>,
+    pub config_path: PathBuf,
+    pub socket_path: PathBuf,
     pub started_at: SystemTime,
-    hosts: BTreeMap<String, Arc<HostEntry>>,
+    hosts: RwLock<BTreeMap<String, Arc<HostEntry>>>,
+    settings: Mutex<Settings>,
+    events: watch::Sender<ConfigEvent>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
     clients: Mutex<BTreeMap<u64, ClientRecord>>,
     next_client_id: AtomicU64,
     /// Fired when in-flight work must stop now (shutdown grace period over).
@@ -283,36 +432,45 @@ pub struct Registry {
 
 impl Registry {
     /// Builds the registry; fails only when the audit log cannot be opened.
-    pub fn new(config: Config, socket_path: std::path::PathBuf) -> std::io::Result<Registry> {
+    pub fn new(config: Config, socket_path: PathBuf) -> std::io::Result<Registry> {
         let audit = Arc::new(match &config.audit_log_file {
-            Some(path) => {
-                let secrets = config
-                    .hosts
-                    .iter()
-                    .filter_map(|h| h.password.clone())
-                    .collect();
-                Audit::open(path, secrets).map_err(|e| {
-                    std::io::Error::new(
-                        e.kind(),
-                        format!("cannot open audit log {}: {e}", path.display()),
-                    )
-                })?
-            }
+            Some(path) => Audit::open(path, passwords(&config)).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot open audit log {}: {e}", path.display()),
+                )
+            })?,
             None => Audit::disabled(),
         });
-        let hosts = config
+        audit.set_secrets(passwords(&config));
+        let settings = Settings {
+            warnings: config.warnings,
+            max_output_bytes: config.max_output_bytes,
+            generation: 1,
+            loaded_at: SystemTime::now(),
+            reload_error: None,
+            log_level: config.log_level,
+            audit_log_file: config.audit_log_file,
+        };
+        let hosts: BTreeMap<_, _> = config
             .hosts
             .into_iter()
             .map(|h| (h.name.clone(), Arc::new(HostEntry::new(h, audit.clone()))))
             .collect();
+        let (events, _) = watch::channel(ConfigEvent {
+            generation: 1,
+            host_names: hosts.keys().cloned().collect(),
+            max_output_bytes: settings.max_output_bytes,
+        });
         Ok(Registry {
             audit,
             config_path: config.path,
             socket_path,
-            warnings: config.warnings,
-            max_output_bytes: config.max_output_bytes,
             started_at: SystemTime::now(),
-            hosts,
+            hosts: RwLock::new(hosts),
+            settings: Mutex::new(settings),
+            events,
+            reloading: tokio::sync::Mutex::new(()),
             clients: Mutex::new(BTreeMap::new()),
             next_client_id: AtomicU64::new(1),
             shutdown_now: CancellationToken::new(),
@@ -321,18 +479,116 @@ impl Registry {
     }
 
     pub fn host(&self, name: &str) -> Result<Arc<HostEntry>, Error> {
-        self.hosts
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::UnknownHost {
-                name: name.to_string(),
-                known: self.hosts.keys().cloned().collect(),
-                config: self.config_path.clone(),
-            })
+        let hosts = read(&self.hosts);
+        hosts.get(name).cloned().ok_or_else(|| Error::UnknownHost {
+            name: name.to_string(),
+            known: hosts.keys().cloned().collect(),
+            config: self.config_path.clone(),
+        })
     }
 
-    pub fn hosts(&self) -> impl Iterator<Item = &Arc<HostEntry>> {
-        self.hosts.values()
+    /// The configured hosts, in name order.
+    pub fn hosts(&self) -> Vec<Arc<HostEntry>> {
+        read(&self.hosts).values().cloned().collect()
+    }
+
+    pub fn settings(&self) -> Settings {
+        lock(&self.settings).clone()
+    }
+
+    /// Configuration changes, starting with the current configuration.
+    pub fn watch_config(&self) -> watch::Receiver<ConfigEvent> {
+        self.events.subscribe()
+    }
+
+    /// Re-reads hosts.json. A file that does not validate changes nothing: the error is
+    /// returned and kept for `status`. Otherwise added hosts serve at once, removed hosts
+    /// close their connection once idle, hosts whose connection settings changed reconnect,
+    /// and untouched hosts keep their connection.
+    pub async fn reload(&self, caller: &Option<ClientRef>) -> Result<ReloadSummary, ConfigError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let config = match Config::load(&self.config_path) {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::warn!("reload failed, keeping the running configuration: {e}");
+                lock(&self.settings).reload_error = Some(e.to_string());
+                self.audit.record(Record {
+                    action: "reload",
+                    outcome: "error",
+                    client: caller.clone(),
+                    error: Some(e.to_string()),
+                    ..Record::default()
+                });
+                return Err(e);
+            }
+        };
+        // New passwords are scrubbed before anything can mention them.
+        self.audit.set_secrets(passwords(&config));
+        let mut summary = ReloadSummary::default();
+        let mut next = BTreeMap::new();
+        {
+            let mut hosts = write(&self.hosts);
+            for host in config.hosts {
+                let name = host.name.clone();
+                let entry = match hosts.remove(&name) {
+                    Some(entry) => {
+                        let list = match entry.apply(host) {
+                            HostChange::Unchanged => &mut summary.unchanged,
+                            HostChange::Updated => &mut summary.updated,
+                            HostChange::Reconnect => &mut summary.reconnecting,
+                        };
+                        list.push(name.clone());
+                        entry
+                    }
+                    None => {
+                        summary.added.push(name.clone());
+                        Arc::new(HostEntry::new(host, self.audit.clone()))
+                    }
+                };
+                next.insert(name, entry);
+            }
+            for (name, entry) in std::mem::replace(&mut *hosts, next) {
+                entry.retire("the host was removed from hosts.json");
+                summary.removed.push(name);
+            }
+        }
+        let mut settings = lock(&self.settings);
+        let mut warnings = config.warnings;
+        if config.log_level != settings.log_level {
+            warnings.push("log_level changes take effect when mcp-sshd restarts".into());
+        }
+        if config.audit_log_file != settings.audit_log_file {
+            warnings.push("audit_log_file changes take effect when mcp-sshd restarts".into());
+        }
+        settings.warnings = warnings.clone();
+        settings.max_output_bytes = config.max_output_bytes;
+        settings.generation += 1;
+        settings.loaded_at = SystemTime::now();
+        settings.reload_error = None;
+        summary.generation = settings.generation;
+        summary.warnings = warnings;
+        let event = ConfigEvent {
+            generation: settings.generation,
+            host_names: read(&self.hosts).keys().cloned().collect(),
+            max_output_bytes: settings.max_output_bytes,
+        };
+        drop(settings);
+        self.events.send_replace(event);
+        tracing::info!(
+            added = ?summary.added,
+            removed = ?summary.removed,
+            reconnecting = ?summary.reconnecting,
+            updated = ?summary.updated,
+            "configuration reloaded (generation {})",
+            summary.generation
+        );
+        self.audit.record(Record {
+            action: "reload",
+            outcome: "ok",
+            client: caller.clone(),
+            ..Record::default()
+        });
+        Ok(summary)
     }
 
     pub fn attach_client(&self, mut record: ClientRecord) -> u64 {
@@ -378,12 +634,29 @@ impl Registry {
     /// Closes every SSH connection (at shutdown), concurrently, each bounded by its own deadline.
     pub async fn close_all(&self) {
         let mut closing = tokio::task::JoinSet::new();
-        for host in self.hosts.values() {
-            let host = host.clone();
+        for host in self.hosts() {
             closing.spawn(async move { host.disconnect(&None, "mcp-sshd is shutting down").await });
         }
         while closing.join_next().await.is_some() {}
     }
+}
+
+fn passwords(config: &Config) -> Vec<secrecy::SecretString> {
+    config
+        .hosts
+        .iter()
+        .filter_map(|h| h.password.clone())
+        .collect()
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 pub fn millis(d: std::time::Duration) -> u64 {

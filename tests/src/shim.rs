@@ -18,6 +18,8 @@ use crate::bins::bin;
 pub struct TestClient {
     name: String,
     pub progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
+    /// How many `notifications/tools/list_changed` arrived.
+    pub tools_changed: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ClientHandler for TestClient {
@@ -35,11 +37,17 @@ impl ClientHandler for TestClient {
     ) {
         self.progress.lock().unwrap().push(params);
     }
+
+    async fn on_tool_list_changed(&self, _ctx: NotificationContext<RoleClient>) {
+        self.tools_changed
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 pub struct Shim {
     pub service: RunningService<RoleClient, TestClient>,
     pub progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
+    pub tools_changed: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// How to start a shim.
@@ -75,19 +83,36 @@ impl Shim {
         Shim::spawn_command(command, opts.client_name).await
     }
 
+    /// A shim for `daemon` (its socket and hosts.json), as an MCP client named `client_name`.
+    pub async fn attach(daemon: &crate::daemon::Daemon, client_name: &str) -> Shim {
+        Shim::spawn(ShimOptions {
+            socket: &daemon.socket,
+            config: Some(&daemon.config),
+            cwd: None,
+            client_name,
+        })
+        .await
+    }
+
     /// Runs a prepared shim command (another binary location, another environment).
     pub async fn spawn_command(command: tokio::process::Command, client_name: &str) -> Shim {
         let transport = TokioChildProcess::new(command).expect("cannot spawn mcp-ssh-shim");
         let progress = Arc::new(Mutex::new(Vec::new()));
+        let tools_changed = Arc::default();
         let client = TestClient {
             name: client_name.to_string(),
             progress: progress.clone(),
+            tools_changed: Arc::clone(&tools_changed),
         };
         let service = client
             .serve(transport)
             .await
             .expect("MCP initialize with the shim failed");
-        Shim { service, progress }
+        Shim {
+            service,
+            progress,
+            tools_changed,
+        }
     }
 
     pub async fn call(&self, tool: &str, args: serde_json::Value) -> CallToolResult {

@@ -45,13 +45,13 @@ impl Service {
             local,
             remote: req.remote_path.clone(),
             verify: req.verify,
-            idle_timeout: host.config.transfer_timeout,
+            idle_timeout: host.config().transfer_timeout,
         };
         let audit = self.registry.audit.clone();
         let mut record = Record {
             action: if upload { "upload" } else { "download" },
             outcome: "ok",
-            host: Some(host.config.name.clone()),
+            host: Some(host.config().name.clone()),
             client: caller.clone(),
             local_path: Some(req.local_path),
             remote_path: Some(req.remote_path),

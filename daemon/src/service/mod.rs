@@ -139,7 +139,7 @@ impl pb::daemon_server::Daemon for Service {
             started_at_unix_ms: unix_ms(self.registry.started_at),
             client_id,
             config_path: self.registry.config_path.display().to_string(),
-            max_output_bytes: self.registry.max_output_bytes,
+            max_output_bytes: self.registry.settings().max_output_bytes,
         }))
     }
 
@@ -148,6 +148,7 @@ impl pb::daemon_server::Daemon for Service {
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
         let r = &self.registry;
+        let settings = r.settings();
         Ok(Response::new(pb::StatusReply {
             daemon_version: version::PACKAGE_VERSION.into(),
             pid: std::process::id(),
@@ -156,11 +157,14 @@ impl pb::daemon_server::Daemon for Service {
                 .unwrap_or(u64::MAX),
             socket_path: r.socket_path.display().to_string(),
             config_path: r.config_path.display().to_string(),
-            hosts: r.hosts().map(|h| host_state(h.snapshot())).collect(),
+            hosts: r.hosts().iter().map(|h| host_state(h.snapshot())).collect(),
             clients: r.clients().into_iter().map(client_info).collect(),
-            warnings: r.warnings.clone(),
+            warnings: settings.warnings,
             proto_major: PROTO_MAJOR,
             proto_minor: PROTO_MINOR,
+            config_generation: settings.generation,
+            config_loaded_at_unix_ms: unix_ms(settings.loaded_at),
+            config_error: settings.reload_error.unwrap_or_default(),
         }))
     }
 
@@ -171,6 +175,60 @@ impl pb::daemon_server::Daemon for Service {
         tracing::info!("shutdown requested over the socket");
         self.registry.shutdown_requested.cancel();
         Ok(Response::new(pb::ShutdownReply {}))
+    }
+
+    async fn reload(
+        &self,
+        req: Request<pb::ReloadRequest>,
+    ) -> Result<Response<pb::ReloadReply>, Status> {
+        let caller = self.registry.caller(peer(&req).map(|p| p.conn_id));
+        let summary = self
+            .registry
+            .reload(&caller)
+            .await
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(pb::ReloadReply {
+            config_generation: summary.generation,
+            added: summary.added,
+            removed: summary.removed,
+            reconnecting: summary.reconnecting,
+            updated: summary.updated,
+            unchanged: summary.unchanged,
+            warnings: summary.warnings,
+        }))
+    }
+
+    type WatchConfigStream = ReceiverStream<Result<pb::ConfigEvent, Status>>;
+
+    async fn watch_config(
+        &self,
+        _req: Request<pb::WatchConfigRequest>,
+    ) -> Result<Response<Self::WatchConfigStream>, Status> {
+        let mut changes = self.registry.watch_config();
+        let stop = self.registry.shutdown_requested.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let event = {
+                    let event = changes.borrow_and_update();
+                    pb::ConfigEvent {
+                        config_generation: event.generation,
+                        host_names: event.host_names.clone(),
+                        max_output_bytes: event.max_output_bytes,
+                    }
+                };
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                    // Ending the stream lets the server finish draining at shutdown.
+                    () = stop.cancelled() => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
@@ -183,6 +241,7 @@ impl pb::hosts_server::Hosts for Service {
         let hosts = self
             .registry
             .hosts()
+            .iter()
             .map(|h| host_state(h.snapshot()))
             .collect();
         Ok(Response::new(pb::ListHostsReply { hosts }))
@@ -248,7 +307,7 @@ impl pb::exec_server::Exec for Service {
         let record = |action, outcome| Record {
             action,
             outcome,
-            host: Some(host.config.name.clone()),
+            host: Some(host.config().name.clone()),
             client: caller.clone(),
             command: Some(req.command.clone()),
             cwd: (!req.cwd.is_empty()).then(|| req.cwd.clone()),
@@ -256,13 +315,13 @@ impl pb::exec_server::Exec for Service {
             ..Record::default()
         };
         // allowed_commands: the same rule for every way a command reaches a host.
-        let command = match &host.config.policy {
+        let command = match &host.config().policy {
             None => req.command.clone(),
             Some(policy) => match policy.check(&req.command) {
                 Ok(requoted) => requoted,
                 Err(refusal) => {
                     let error = Error::Refused {
-                        host: host.config.name.clone(),
+                        host: host.config().name.clone(),
                         reason: refusal.to_string(),
                         allowed: policy.describe(),
                     };
@@ -274,11 +333,11 @@ impl pb::exec_server::Exec for Service {
                 }
             },
         };
-        tracing::debug!(host = %host.config.name, command = %audit.scrub(&command), "exec");
+        tracing::debug!(host = %host.config().name, command = %audit.scrub(&command), "exec");
         audit.record(record("command_started", "started"));
         let finished = record("command_finished", "ok");
         let idle_timeout = match req.timeout_secs {
-            0 => host.config.command_timeout,
+            0 => host.config().command_timeout,
             secs => Duration::from_secs(u64::from(secs)),
         };
         let exec = ExecRequest {

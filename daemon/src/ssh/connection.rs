@@ -42,6 +42,8 @@ struct Shared {
     lost: CancellationToken,
     /// Set once authentication succeeded: only then is a drop a lost connection.
     authenticated: std::sync::atomic::AtomicBool,
+    /// Set when the peer stopped answering keepalives (rather than closing the connection).
+    silent: std::sync::atomic::AtomicBool,
 }
 
 struct Handler {
@@ -157,7 +159,12 @@ impl client::Handler for Handler {
                 format!("server closed the connection ({})", info.message),
                 Ok(()),
             ),
-            DisconnectReason::Error(e) => (describe_russh_error(&e), Err(e)),
+            DisconnectReason::Error(e) => {
+                if matches!(e, russh::Error::KeepaliveTimeout) {
+                    self.shared.silent.store(true, Ordering::Relaxed);
+                }
+                (describe_russh_error(&e), Err(e))
+            }
         };
         tracing::info!(host = %self.host.name, "SSH connection ended: {text}");
         let mut reason = lock(&self.shared.lost_reason);
@@ -293,6 +300,15 @@ impl Connection {
 
     pub fn host(&self) -> &HostConfig {
         &self.host
+    }
+
+    pub fn host_name(&self) -> &str {
+        &self.host.name
+    }
+
+    /// Whether the connection ended because the peer went silent (network down, server hung).
+    pub fn went_silent(&self) -> bool {
+        self.shared.silent.load(Ordering::Relaxed)
     }
 
     pub fn info(&self) -> ServerInfo {

@@ -1,16 +1,27 @@
 //! The shim's connection to the daemon: made on first use (so `initialize` never waits for it),
-//! announcing the MCP client's name and version, and remade when the daemon went away.
+//! announcing the MCP client's name and version, and remade when the daemon went away. While
+//! connected it follows the daemon's configuration (host names change on reload).
 
 use std::path::PathBuf;
 
-use tokio::sync::Mutex;
+use mcp_ssh_proto::pb;
+use tokio::sync::{Mutex, watch};
 
 use crate::client::{ClientError, ClientKind, ClientOptions, DaemonClient, Identity};
+
+/// The daemon's configuration as the shim last heard of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigView {
+    pub generation: u64,
+    pub host_names: Vec<String>,
+    pub max_output_bytes: u32,
+}
 
 pub struct DaemonLink {
     socket: Option<PathBuf>,
     config: Option<PathBuf>,
     current: Mutex<Option<DaemonClient>>,
+    view: watch::Sender<Option<ConfigView>>,
 }
 
 impl DaemonLink {
@@ -19,6 +30,34 @@ impl DaemonLink {
             socket,
             config,
             current: Mutex::new(None),
+            view: watch::Sender::new(None),
+        }
+    }
+
+    /// Configuration changes heard from the daemon (`None` until connected).
+    pub fn watch_config(&self) -> watch::Receiver<Option<ConfigView>> {
+        self.view.subscribe()
+    }
+
+    /// Follows the daemon's configuration events until the daemon or the link goes away.
+    async fn follow_config(client: DaemonClient, view: watch::Sender<Option<ConfigView>>) {
+        let mut events = match client
+            .daemon()
+            .watch_config(pb::WatchConfigRequest {})
+            .await
+        {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                tracing::debug!("the daemon does not report configuration changes: {status}");
+                return;
+            }
+        };
+        while let Ok(Some(event)) = events.message().await {
+            view.send_replace(Some(ConfigView {
+                generation: event.config_generation,
+                host_names: event.host_names,
+                max_output_bytes: event.max_output_bytes,
+            }));
         }
     }
 
@@ -55,6 +94,7 @@ impl DaemonLink {
             version = %client.hello.daemon_version,
             "connected to mcp-sshd at {}", client.socket.socket.display()
         );
+        tokio::spawn(Self::follow_config(client.clone(), self.view.clone()));
         *current = Some(client.clone());
         Ok(client)
     }

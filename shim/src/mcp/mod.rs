@@ -15,9 +15,12 @@ use std::time::{Duration, Instant};
 use mcp_ssh_proto::pb::{self, run_event};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, ProgressNotificationParam};
-use rmcp::service::RequestContext;
-use rmcp::{RoleServer, ServerHandler, tool, tool_handler, tool_router};
+use rmcp::model::{
+    CallToolResult, Implementation, ListToolsResult, PaginatedRequestParams,
+    ProgressNotificationParam, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::{NotificationContext, RequestContext};
+use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -35,6 +38,9 @@ use crate::client::{ClientError, DaemonClient, resolve_local_path};
 const HARD_MAX_OUTPUT: u32 = 1024 * 1024;
 /// Progress heartbeat interval: clients reset their own timeouts on it.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// How long `tools/list` waits for the daemon to name the hosts (it starts the daemon when
+/// none runs, ~0.1 s); without an answer the tools are listed without host names.
+const HOST_NAMES_WAIT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -96,6 +102,8 @@ pub struct DownloadParams {
 pub struct Shim {
     tool_router: ToolRouter<Shim>,
     link: Arc<DaemonLink>,
+    /// Host names in the last `tools/list` answer or list-changed notification.
+    announced: Arc<std::sync::Mutex<Option<Vec<String>>>>,
 }
 
 /// One command to run, as a tool call describes it.
@@ -133,6 +141,7 @@ impl Shim {
         Shim {
             tool_router,
             link: Arc::new(DaemonLink::new(socket, config)),
+            announced: Arc::default(),
         }
     }
 
@@ -265,10 +274,35 @@ impl Shim {
 
     async fn default_output_limit(&self, ctx: &RequestContext<RoleServer>) -> Result<u32, String> {
         let client = self.client(ctx).await?;
-        Ok(match client.hello.max_output_bytes {
+        // A reload may have changed it since the handshake.
+        let reloaded = self
+            .link
+            .watch_config()
+            .borrow()
+            .as_ref()
+            .map(|view| view.max_output_bytes);
+        Ok(match reloaded.unwrap_or(client.hello.max_output_bytes) {
             0 => 32 * 1024,
             n => n,
         })
+    }
+
+    /// The configured host names, connecting to (or starting) the daemon if needed, within
+    /// [`HOST_NAMES_WAIT`]; `None` when the daemon cannot tell them in time.
+    async fn host_names(&self, ctx: &RequestContext<RoleServer>) -> Option<Vec<String>> {
+        let ask = async {
+            self.client(ctx).await.ok()?;
+            let mut view = self.link.watch_config();
+            view.wait_for(Option::is_some)
+                .await
+                .ok()?
+                .as_ref()
+                .map(|v| v.host_names.clone())
+        };
+        tokio::time::timeout(HOST_NAMES_WAIT, ask)
+            .await
+            .ok()
+            .flatten()
     }
 }
 
@@ -549,12 +583,82 @@ impl Shim {
     }
 }
 
-#[tool_handler(
-    router = self.tool_router,
-    name = "mcp-ssh",
-    instructions = "Run commands and check connections on the SSH hosts configured in hosts.json. Call list_hosts to see host names."
-)]
-impl ServerHandler for Shim {}
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for Shim {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new("mcp-ssh", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Run commands and move files on the SSH hosts configured in hosts.json. \
+             Call list_hosts to see host names and their state."
+                .to_string(),
+        )
+    }
+
+    /// The tools, with the configured host names in `ssh_execute`'s description when the
+    /// daemon can tell them; `notifications/tools/list_changed` follows when they change.
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let names = self.host_names(&context).await;
+        let mut tools = self.tool_router.list_all();
+        if let Some(names) = &names
+            && let Some(tool) = tools.iter_mut().find(|t| t.name == "ssh_execute")
+        {
+            let base = tool.description.as_deref().unwrap_or_default();
+            tool.description = Some(format!("{base} {}", hosts_sentence(names)).into());
+        }
+        *lock(&self.announced) = names;
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        let mut changes = self.link.watch_config();
+        let announced = self.announced.clone();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let names = changes
+                    .borrow_and_update()
+                    .as_ref()
+                    .map(|view| view.host_names.clone());
+                let Some(names) = names else { continue };
+                if lock(&announced).replace(names.clone()) == Some(names) {
+                    continue;
+                }
+                tracing::info!("the daemon's hosts changed; telling the client");
+                if context.peer.notify_tool_list_changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// "Hosts: a, b, c." — at most 20 names, so a long hosts.json cannot bloat every turn.
+fn hosts_sentence(names: &[String]) -> String {
+    const SHOWN: usize = 20;
+    if names.is_empty() {
+        return "No hosts are configured.".into();
+    }
+    let mut text = format!("Hosts: {}", names[..names.len().min(SHOWN)].join(", "));
+    if names.len() > SHOWN {
+        text.push_str(&format!(" and {} more (list_hosts)", names.len() - SHOWN));
+    }
+    text.push('.');
+    text
+}
+
+/// Locks a std mutex, recovering the data if a panicking thread poisoned it.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Drops schema keywords that cost context on every turn and tell a model nothing it needs
 /// (`$schema`, integer `format`s, `minimum: 0` on counts, `default: null`,

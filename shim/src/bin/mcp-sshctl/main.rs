@@ -14,9 +14,15 @@ use mcp_ssh_shim::client::{
 use serde_json::json;
 
 /// Control and inspect mcp-sshd, the daemon behind mcp-ssh-shim.
+///
+/// Exit codes: 0 success; 1 failure; 2 bad usage; 3 mcp-sshd is not running; 4 hosts.json is
+/// invalid (reload); for `exec`, the remote command's own code, or 255 when it could not run.
 #[derive(Parser, Debug)]
 #[command(name = "mcp-sshctl", version)]
 struct Args {
+    /// Print JSON (one document on stdout; errors as {"error": ...})
+    #[arg(long, global = true)]
+    json: bool,
     /// hosts.json for a daemon this command starts [default: ~/.config/mcp-ssh/hosts.json]
     #[arg(long, global = true, env = paths::CONFIG_ENV)]
     config: Option<PathBuf>,
@@ -30,16 +36,9 @@ struct Args {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Show the daemon, its hosts and attached clients (never starts a daemon)
-    Status {
-        /// Print JSON instead of a table
-        #[arg(long)]
-        json: bool,
-    },
+    Status,
     /// List configured hosts and their connection state
-    Hosts {
-        #[arg(long)]
-        json: bool,
-    },
+    Hosts,
     /// Run a command on a host through the daemon's connection; exits with its exit code
     Exec {
         /// Host name from hosts.json
@@ -77,14 +76,13 @@ enum Cmd {
     },
     /// Close the daemon's connection to a host
     Disconnect { host: String },
+    /// Re-read hosts.json (as SIGHUP does); an invalid file changes nothing and exits 4
+    Reload,
     /// Stop the daemon (in-flight calls get a grace period)
     Stop,
     /// Check the setup: config, permissions, socket, daemon, ssh-agent, and each host
     /// (DNS, TCP, host key, authentication); says how to fix what is wrong
-    Doctor {
-        #[arg(long)]
-        json: bool,
-    },
+    Doctor,
     /// Where the daemon logs; with --tail N, its last N lines
     Logs {
         #[arg(long, value_name = "N")]
@@ -99,6 +97,7 @@ mod doctor;
 /// Exit codes: the remote command's own for `exec`; otherwise these.
 const EXIT_ERROR: u8 = 1;
 const EXIT_NOT_RUNNING: u8 = 3;
+const EXIT_INVALID_CONFIG: u8 = 4;
 /// As ssh: 255 when the command could not be run at all.
 const EXIT_REMOTE_FAILURE: u8 = 255;
 
@@ -128,31 +127,33 @@ async fn run(args: Args) -> ExitCode {
             program: "mcp-sshctl",
         },
     };
+    let json = args.json;
     let result = match args.command {
-        Cmd::Status { json } => status(&opts, json).await,
-        Cmd::Hosts { json } => hosts(&opts, json).await,
+        Cmd::Status => status(&opts, json).await,
+        Cmd::Hosts => hosts(&opts, json).await,
         Cmd::Exec {
             host,
             timeout,
             cwd,
             command,
-        } => exec(&opts, host, timeout, cwd, command.join(" ")).await,
+        } => exec(&opts, json, host, timeout, cwd, command.join(" ")).await,
         Cmd::Upload {
             host,
             local,
             remote,
             verify,
-        } => transfer(&opts, true, host, local, remote, verify).await,
+        } => transfer(&opts, json, true, host, local, remote, verify).await,
         Cmd::Download {
             host,
             remote,
             local,
             verify,
-        } => transfer(&opts, false, host, local, remote, verify).await,
-        Cmd::Disconnect { host } => disconnect(&opts, host).await,
-        Cmd::Stop => stop(&opts).await,
-        Cmd::Logs { tail } => logs(&opts, tail),
-        Cmd::Doctor { json } => doctor::run(&opts, json).await,
+        } => transfer(&opts, json, false, host, local, remote, verify).await,
+        Cmd::Disconnect { host } => disconnect(&opts, json, host).await,
+        Cmd::Reload => reload(&opts, json).await,
+        Cmd::Stop => stop(&opts, json).await,
+        Cmd::Logs { tail } => logs(&opts, json, tail),
+        Cmd::Doctor => doctor::run(&opts, json).await,
         Cmd::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -166,12 +167,21 @@ async fn run(args: Args) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("mcp-sshctl: {e}");
+            fail(json, &e.to_string());
             ExitCode::from(match e {
                 ClientError::NotRunning(_) => EXIT_NOT_RUNNING,
                 _ => EXIT_ERROR,
             })
         }
+    }
+}
+
+/// Reports a failure: on stderr for people, as `{"error": ...}` on stdout with `--json`.
+fn fail(as_json: bool, message: &str) {
+    if as_json {
+        println!("{:#}", json!({ "error": message }));
+    } else {
+        eprintln!("mcp-sshctl: {message}");
     }
 }
 
@@ -205,9 +215,18 @@ async fn status(opts: &ClientOptions, as_json: bool) -> Result<ExitCode, ClientE
         human_duration(s.uptime_ms)
     ));
     out.push_str(&format!(
-        "socket  {}\nconfig  {}\n",
-        s.socket_path, s.config_path
+        "socket  {}\nconfig  {} (loaded {} ago, generation {})\n",
+        s.socket_path,
+        s.config_path,
+        human_duration(since_ms(s.config_loaded_at_unix_ms)),
+        s.config_generation
     ));
+    if !s.config_error.is_empty() {
+        out.push_str(&format!(
+            "RELOAD FAILED, still serving the previous configuration: {}\n",
+            s.config_error
+        ));
+    }
     if s.daemon_version != env!("CARGO_PKG_VERSION") {
         out.push_str(&format!(
             "note: this mcp-sshctl is {}, the daemon is {}\n",
@@ -297,6 +316,8 @@ fn status_json(s: &pb::StatusReply) -> serde_json::Value {
         "running": true, "version": s.daemon_version, "pid": s.pid, "uptime_ms": s.uptime_ms,
         "started_at_unix_ms": s.started_at_unix_ms, "socket": s.socket_path, "config": s.config_path,
         "protocol": format!("{}.{}", s.proto_major, s.proto_minor), "warnings": s.warnings,
+        "config_generation": s.config_generation, "config_loaded_at_unix_ms": s.config_loaded_at_unix_ms,
+        "config_error": (!s.config_error.is_empty()).then_some(&s.config_error),
         "hosts": s.hosts.iter().map(host_json).collect::<Vec<_>>(),
         "clients": s.clients.iter().map(|c| json!({
             "id": c.client_id, "name": c.name, "version": c.version, "pid": c.pid,
@@ -327,6 +348,7 @@ async fn hosts(opts: &ClientOptions, as_json: bool) -> Result<ExitCode, ClientEr
 
 async fn exec(
     opts: &ClientOptions,
+    as_json: bool,
     host: String,
     timeout: Option<u32>,
     cwd: Option<String>,
@@ -334,35 +356,37 @@ async fn exec(
 ) -> Result<ExitCode, ClientError> {
     let client = DaemonClient::connect_or_start(opts).await?;
     let request = pb::RunRequest {
-        host,
-        command,
+        host: host.clone(),
+        command: command.clone(),
         cwd: cwd.unwrap_or_default(),
         timeout_secs: timeout.unwrap_or(0),
         ..Default::default()
     };
+    let cannot_run = |message: &str| {
+        fail(as_json, message);
+        Ok(ExitCode::from(EXIT_REMOTE_FAILURE))
+    };
     let mut stream = match client.exec().run(request).await {
         Ok(response) => response.into_inner(),
-        Err(status) => {
-            eprintln!("mcp-sshctl: {}", status.message());
-            return Ok(ExitCode::from(EXIT_REMOTE_FAILURE));
-        }
+        Err(status) => return cannot_run(status.message()),
     };
+    // Streamed as it comes for people; gathered into one document with --json.
+    let (mut out_buf, mut err_buf) = (Vec::new(), Vec::new());
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr();
-    loop {
+    let exit = loop {
         let event = match stream.message().await {
             Ok(Some(event)) => event,
-            Ok(None) => {
-                eprintln!("mcp-sshctl: the daemon ended the call without an exit status");
-                return Ok(ExitCode::from(EXIT_REMOTE_FAILURE));
-            }
+            Ok(None) => return cannot_run("the daemon ended the call without an exit status"),
             Err(status) => {
                 let _ = stdout.flush();
-                eprintln!("mcp-sshctl: {}", status.message());
-                return Ok(ExitCode::from(EXIT_REMOTE_FAILURE));
+                drop(stdout);
+                return cannot_run(status.message());
             }
         };
         match event.event {
+            Some(run_event::Event::Stdout(data)) if as_json => out_buf.extend_from_slice(&data),
+            Some(run_event::Event::Stderr(data)) if as_json => err_buf.extend_from_slice(&data),
             Some(run_event::Event::Stdout(data)) => {
                 let _ = stdout.write_all(&data);
                 let _ = stdout.flush();
@@ -370,22 +394,36 @@ async fn exec(
             Some(run_event::Event::Stderr(data)) => {
                 let _ = stderr.write_all(&data);
             }
-            Some(run_event::Event::Exit(exit)) => {
-                let _ = stdout.flush();
-                return Ok(match exit.code {
-                    Some(code) => ExitCode::from(u8::try_from(code & 0xff).unwrap_or(EXIT_ERROR)),
-                    None => {
-                        eprintln!(
-                            "mcp-sshctl: remote command killed by signal {}",
-                            exit.signal
-                        );
-                        ExitCode::from(128u8.saturating_add(signal_number(&exit.signal)))
-                    }
-                });
-            }
+            Some(run_event::Event::Exit(exit)) => break exit,
             Some(run_event::Event::Started(_)) | None => {}
         }
+    };
+    let _ = stdout.flush();
+    drop(stdout);
+    if as_json {
+        println!(
+            "{:#}",
+            json!({
+                "host": host, "command": command, "exit_code": exit.code,
+                "signal": (!exit.signal.is_empty()).then_some(&exit.signal),
+                "stdout": String::from_utf8_lossy(&out_buf),
+                "stderr": String::from_utf8_lossy(&err_buf),
+                "duration_ms": exit.duration_ms,
+            })
+        );
     }
+    Ok(match exit.code {
+        Some(code) => ExitCode::from(u8::try_from(code & 0xff).unwrap_or(EXIT_ERROR)),
+        None => {
+            if !as_json {
+                eprintln!(
+                    "mcp-sshctl: remote command killed by signal {}",
+                    exit.signal
+                );
+            }
+            ExitCode::from(128u8.saturating_add(signal_number(&exit.signal)))
+        }
+    })
 }
 
 /// Shell convention: a command killed by signal N exits 128 + N.
@@ -409,6 +447,7 @@ fn signal_number(name: &str) -> u8 {
 
 async fn transfer(
     opts: &ClientOptions,
+    as_json: bool,
     upload: bool,
     host: String,
     local: String,
@@ -419,7 +458,7 @@ async fn transfer(
     let local_path = resolve_local_path(&local, &cwd).display().to_string();
     let client = DaemonClient::connect_or_start(opts).await?;
     let request = pb::TransferRequest {
-        host,
+        host: host.clone(),
         local_path,
         remote_path: remote,
         verify,
@@ -430,16 +469,22 @@ async fn transfer(
     } else {
         files.download(request).await
     };
+    let failed = |message: &str| {
+        fail(as_json, message);
+        Ok(ExitCode::from(EXIT_ERROR))
+    };
     let mut stream = match started {
         Ok(response) => response.into_inner(),
-        Err(status) => {
-            eprintln!("mcp-sshctl: {}", status.message());
-            return Ok(ExitCode::from(EXIT_ERROR));
+        Err(status) => return failed(status.message()),
+    };
+    let bar = !as_json && std::io::stderr().is_terminal();
+    let clear_bar = || {
+        if bar {
+            eprint!("\r\x1b[2K");
         }
     };
-    let bar = std::io::stderr().is_terminal();
     let began = std::time::Instant::now();
-    loop {
+    let done = loop {
         match stream.message().await {
             Ok(Some(pb::TransferEvent {
                 event: Some(pb::transfer_event::Event::Progress(p)),
@@ -448,43 +493,48 @@ async fn transfer(
             }
             Ok(Some(pb::TransferEvent {
                 event: Some(pb::transfer_event::Event::Done(done)),
-            })) => {
-                if bar {
-                    eprint!("\r\x1b[2K");
-                }
-                let secs = (done.duration_ms as f64 / 1000.0).max(0.001);
-                println!(
-                    "{} {} bytes ({} file{}) to {} in {secs:.2} s ({:.1} MiB/s)\nsha256 {}",
-                    if upload { "uploaded" } else { "downloaded" },
-                    done.bytes,
-                    done.files,
-                    if done.files == 1 { "" } else { "s" },
-                    done.destination,
-                    done.bytes as f64 / 1_048_576.0 / secs,
-                    done.sha256
-                );
-                if verify {
-                    println!("{}", done.verification);
-                    if !done.verified {
-                        return Ok(ExitCode::from(EXIT_ERROR));
-                    }
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
+            })) => break done,
             Ok(Some(_)) => {}
-            Ok(None) => {
-                eprintln!("mcp-sshctl: the daemon ended the transfer without a result");
-                return Ok(ExitCode::from(EXIT_ERROR));
-            }
+            Ok(None) => return failed("the daemon ended the transfer without a result"),
             Err(status) => {
-                if bar {
-                    eprint!("\r\x1b[2K");
-                }
-                eprintln!("mcp-sshctl: {}", status.message());
-                return Ok(ExitCode::from(EXIT_ERROR));
+                clear_bar();
+                return failed(status.message());
             }
         }
+    };
+    clear_bar();
+    let secs = (done.duration_ms as f64 / 1000.0).max(0.001);
+    if as_json {
+        println!(
+            "{:#}",
+            json!({
+                "host": host, "direction": if upload { "upload" } else { "download" },
+                "destination": done.destination, "bytes": done.bytes, "files": done.files,
+                "skipped": done.skipped, "duration_ms": done.duration_ms, "sha256": done.sha256,
+                "verified": verify.then_some(done.verified),
+                "verification": (!done.verification.is_empty()).then_some(&done.verification),
+            })
+        );
+    } else {
+        println!(
+            "{} {} bytes ({} file{}) to {} in {secs:.2} s ({:.1} MiB/s)\nsha256 {}",
+            if upload { "uploaded" } else { "downloaded" },
+            done.bytes,
+            done.files,
+            if done.files == 1 { "" } else { "s" },
+            done.destination,
+            done.bytes as f64 / 1_048_576.0 / secs,
+            done.sha256
+        );
+        if verify {
+            println!("{}", done.verification);
+        }
     }
+    Ok(if verify && !done.verified {
+        ExitCode::from(EXIT_ERROR)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// `[#########...........]  45%  230.0/512.0 MiB  310.2 MiB/s`
@@ -507,14 +557,26 @@ fn progress_line(p: &pb::TransferProgress, elapsed: Duration) -> String {
     )
 }
 
-async fn disconnect(opts: &ClientOptions, host: String) -> Result<ExitCode, ClientError> {
+async fn disconnect(
+    opts: &ClientOptions,
+    as_json: bool,
+    host: String,
+) -> Result<ExitCode, ClientError> {
     let client = DaemonClient::connect(opts).await?;
     let reply = client
         .hosts()
         .disconnect(pb::DisconnectRequest { host: host.clone() })
         .await?
         .into_inner();
-    if reply.was_connected {
+    if as_json {
+        println!(
+            "{:#}",
+            json!({
+                "host": host, "was_connected": reply.was_connected,
+                "interrupted_calls": reply.interrupted_calls,
+            })
+        );
+    } else if reply.was_connected {
         println!(
             "disconnected {host} ({} call(s) in flight were told)",
             reply.interrupted_calls
@@ -525,44 +587,110 @@ async fn disconnect(opts: &ClientOptions, host: String) -> Result<ExitCode, Clie
     Ok(ExitCode::SUCCESS)
 }
 
-async fn stop(opts: &ClientOptions) -> Result<ExitCode, ClientError> {
+async fn reload(opts: &ClientOptions, as_json: bool) -> Result<ExitCode, ClientError> {
+    let client = DaemonClient::connect(opts).await?;
+    let reply = match client.daemon().reload(pb::ReloadRequest {}).await {
+        Ok(reply) => reply.into_inner(),
+        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            fail(
+                as_json,
+                &format!(
+                    "{} (nothing changed: the daemon keeps serving the previous configuration)",
+                    status.message()
+                ),
+            );
+            return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
+        }
+        Err(status) => return Err(status.into()),
+    };
+    if as_json {
+        println!(
+            "{:#}",
+            json!({
+                "config_generation": reply.config_generation, "added": reply.added,
+                "removed": reply.removed, "reconnecting": reply.reconnecting,
+                "updated": reply.updated, "unchanged": reply.unchanged, "warnings": reply.warnings,
+            })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "reloaded {} (generation {})",
+        client.hello.config_path, reply.config_generation
+    );
+    for (label, names) in [
+        ("added", &reply.added),
+        ("removed (closed once idle)", &reply.removed),
+        ("reconnecting (settings changed)", &reply.reconnecting),
+        ("updated (connection kept)", &reply.updated),
+        ("unchanged", &reply.unchanged),
+    ] {
+        if !names.is_empty() {
+            println!("  {label}: {}", names.join(", "));
+        }
+    }
+    for warning in &reply.warnings {
+        println!("warning: {warning}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn stop(opts: &ClientOptions, as_json: bool) -> Result<ExitCode, ClientError> {
     let client = DaemonClient::connect(opts).await?;
     let pid = client.hello.daemon_pid;
     client.daemon().shutdown(pb::ShutdownRequest {}).await?;
     // Wait for the socket to go away so a following start does not race the old daemon.
+    let mut stopped = false;
     for _ in 0..150 {
         if std::fs::symlink_metadata(&client.socket.socket).is_err() {
-            println!("mcp-sshd (pid {pid}) stopped");
-            return Ok(ExitCode::SUCCESS);
+            stopped = true;
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("mcp-sshd (pid {pid}) is still draining in-flight calls");
+    if as_json {
+        println!("{:#}", json!({ "pid": pid, "stopped": stopped }));
+    } else if stopped {
+        println!("mcp-sshd (pid {pid}) stopped");
+    } else {
+        println!("mcp-sshd (pid {pid}) is still draining in-flight calls");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 /// A daemon started by a client logs next to its socket (`<socket>.log`); one run by systemd
 /// logs to the journal, one run by launchd to ~/Library/Logs/mcp-sshd.log.
-fn logs(opts: &ClientOptions, tail: Option<usize>) -> Result<ExitCode, ClientError> {
+fn logs(opts: &ClientOptions, as_json: bool, tail: Option<usize>) -> Result<ExitCode, ClientError> {
+    const ELSEWHERE: &str = "a daemon run by systemd logs to the journal: journalctl --user -u mcp-sshd; \
+                             one run by launchd to ~/Library/Logs/mcp-sshd.log";
     let socket = paths::resolve_socket(opts.socket.as_deref())?;
     let log = socket.log_file();
     let Some(n) = tail else {
-        println!("{}", log.display());
-        println!("(a daemon run by systemd logs to the journal: journalctl --user -u mcp-sshd)");
+        if as_json {
+            println!("{:#}", json!({ "log_file": log, "note": ELSEWHERE }));
+        } else {
+            println!("{}", log.display());
+            println!("({ELSEWHERE})");
+        }
         return Ok(ExitCode::SUCCESS);
     };
     match std::fs::read_to_string(&log) {
         Ok(text) => {
             let lines: Vec<&str> = text.lines().collect();
-            for line in &lines[lines.len().saturating_sub(n)..] {
-                println!("{line}");
+            let lines = &lines[lines.len().saturating_sub(n)..];
+            if as_json {
+                println!("{:#}", json!({ "log_file": log, "lines": lines }));
+            } else {
+                for line in lines {
+                    println!("{line}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!(
-                "mcp-sshctl: cannot read {}: {e} (journalctl --user -u mcp-sshd if systemd runs the daemon)",
-                log.display()
+            fail(
+                as_json,
+                &format!("cannot read {}: {e} ({ELSEWHERE})", log.display()),
             );
             Ok(ExitCode::from(EXIT_ERROR))
         }
