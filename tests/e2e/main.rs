@@ -10,6 +10,7 @@ mod daemon_exec;
 mod daemon_hostkeys;
 mod daemon_lifecycle;
 mod doctor;
+mod faults;
 mod reload;
 mod security;
 mod service;

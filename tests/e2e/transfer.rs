@@ -21,7 +21,7 @@ fn structured(result: &rmcp::model::CallToolResult) -> Value {
 }
 
 /// A directory both the test and the SSH login user can write ("remote" side).
-fn shared_dir() -> tempfile::TempDir {
+pub(crate) fn shared_dir() -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix("mcpssh-remote-")
         .tempdir()
@@ -30,7 +30,7 @@ fn shared_dir() -> tempfile::TempDir {
     dir
 }
 
-fn random_file(path: &Path, bytes: usize) {
+pub(crate) fn random_file(path: &Path, bytes: usize) {
     let status = Command::new("head")
         .arg("-c")
         .arg(bytes.to_string())
@@ -54,7 +54,7 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-fn leftovers(dir: &Path) -> Vec<String> {
+pub(crate) fn leftovers(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -288,7 +288,7 @@ async fn transfer_errors_should_say_what_and_where() {
 }
 
 /// Starts a gRPC transfer and waits until data is moving.
-async fn start_moving(
+pub(crate) async fn start_moving(
     daemon: &Daemon,
     upload: bool,
     request: pb::TransferRequest,
@@ -316,7 +316,7 @@ async fn start_moving(
     }
 }
 
-async fn final_error(mut stream: tonic::Streaming<pb::TransferEvent>) -> tonic::Status {
+pub(crate) async fn final_error(mut stream: tonic::Streaming<pb::TransferEvent>) -> tonic::Status {
     loop {
         match tokio::time::timeout(Duration::from_secs(30), stream.message())
             .await

@@ -147,6 +147,20 @@ impl Sshd {
         format!("[127.0.0.1]:{} {kind} {key}", self.port)
     }
 
+    /// Adds this server's key to its known_hosts for another port of 127.0.0.1 (a proxy in
+    /// front of it).
+    pub fn trust_port(&self, port: u16) {
+        let line = self.known_hosts_line().replacen(
+            &format!("]:{} ", self.port),
+            &format!("]:{port} "),
+            1,
+        );
+        let mut known = fs::read_to_string(&self.known_hosts).unwrap();
+        known.push_str(&line);
+        known.push('\n');
+        fs::write(&self.known_hosts, known).unwrap();
+    }
+
     fn config_path(&self) -> PathBuf {
         self.dir.path().join("sshd_config")
     }

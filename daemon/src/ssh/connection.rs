@@ -433,16 +433,20 @@ impl Connection {
                     self.lost_error()
                 });
             }
-            if learn_limit && self.shrink_budget() {
-                // Our permit now stands for a slot the server does not grant: give it up and
-                // queue again behind the smaller budget.
-                if let Some(p) = permit.take() {
-                    p.forget();
+            if learn_limit {
+                let removed = self.lower_budget_to(self.in_use.load(Ordering::Relaxed));
+                if removed > 0 {
+                    // Our permit stands for a slot the server does not grant: give it up (with
+                    // any other idle ones) and queue again behind the smaller budget.
+                    if let Some(p) = permit.take() {
+                        p.forget();
+                    }
+                    self.work.forget_permits(removed as usize - 1);
+                    permit = tokio::select! {
+                        p = self.work.clone().acquire_owned() => p.ok(),
+                        () = self.lost() => return Err(self.lost_error()),
+                    };
                 }
-                permit = tokio::select! {
-                    p = self.work.clone().acquire_owned() => p.ok(),
-                    () = self.lost() => return Err(self.lost_error()),
-                };
             }
             if started.elapsed() > CHANNEL_RETRY_WINDOW {
                 return Err(SshError::ChannelOpen {
@@ -456,21 +460,26 @@ impl Connection {
     }
 
     /// Lowers the work budget by one after the server refused a channel we had a permit for.
-    fn shrink_budget(&self) -> bool {
-        let shrunk = self
+    /// The server refused a session while `open` of ours were open: it grants at most that
+    /// many, one of which stays reserved for stopping commands. Refusals also happen briefly
+    /// at the limit (the server frees a session a moment after we see it close), so the budget
+    /// drops to what was open, never by a step per refusal: a burst of refusals must not
+    /// shrink it to nothing. Returns by how much it dropped.
+    fn lower_budget_to(&self, open: u32) -> u32 {
+        let floor = open.saturating_sub(1).max(1);
+        let Ok(old) = self
             .work_limit
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n > 1).then(|| n - 1)
+                (floor < n).then_some(floor)
             })
-            .is_ok();
-        if shrunk {
-            tracing::warn!(
-                host = %self.host.name,
-                "server refused a session channel; lowering this connection's budget to {}",
-                self.channel_limit()
-            );
-        }
-        shrunk
+        else {
+            return 0;
+        };
+        tracing::warn!(
+            host = %self.host.name,
+            "server refused a session channel with {open} open; lowering this connection's budget to {floor}"
+        );
+        old - floor
     }
 }
 
