@@ -630,4 +630,107 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(Config::load(&path).unwrap().warnings.is_empty());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::{Value, json};
+
+        /// JSON values of any shape, biased towards hosts.json's own field names so that the
+        /// loader's validation (not only serde's) is exercised.
+        fn any_json() -> impl Strategy<Value = Value> {
+            let key = prop_oneof![
+                Just("name".to_string()),
+                Just("hostname".to_string()),
+                Just("username".to_string()),
+                Just("port".to_string()),
+                Just("password".to_string()),
+                Just("allowed_commands".to_string()),
+                Just("command_timeout".to_string()),
+                Just("max_sessions".to_string()),
+                Just("cipher".to_string()),
+                Just("hosts".to_string()),
+                "[a-z_]{1,12}",
+            ];
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<f64>().prop_map(|f| json!(f)),
+                ".{0,16}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 48, 6, move |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                    prop::collection::btree_map(key.clone(), inner, 0..8)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn host_name() -> impl Strategy<Value = String> {
+            "[a-z][a-z0-9-]{0,10}"
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+            /// Any text: an error or a config, never a panic.
+            #[test]
+            fn arbitrary_text_should_never_panic(text in "\\PC{0,200}") {
+                let _ = parse(&text);
+            }
+
+            /// Any JSON, top level or as the hosts list: the loader either refuses it or hands
+            /// out a config that keeps its invariants.
+            #[test]
+            fn arbitrary_json_should_be_refused_or_valid(value in any_json(), hosts in any_json()) {
+                for candidate in [value.clone(), json!({ "hosts": hosts.clone() }), json!({ "hosts": [value.clone()] })] {
+                    if let Ok(cfg) = parse(&candidate.to_string()) {
+                        let mut names = std::collections::HashSet::new();
+                        for host in &cfg.hosts {
+                            prop_assert!(names.insert(host.name.clone()), "duplicate {}", host.name);
+                            prop_assert!(host.port != 0);
+                            prop_assert!(!host.hostname.trim().is_empty());
+                            prop_assert!(!host.name.chars().any(char::is_whitespace));
+                            prop_assert!(host.max_sessions >= 1);
+                        }
+                        prop_assert!((1024..=HARD_MAX_OUTPUT_BYTES).contains(&u64::from(cfg.max_output_bytes)));
+                    }
+                }
+            }
+
+            /// Well-formed hosts come out as written.
+            #[test]
+            fn valid_hosts_should_load_as_written(
+                names in prop::collection::btree_set(host_name(), 1..6),
+                port in 1u16..,
+                user in "[a-z_][a-z0-9_]{0,8}",
+                timeout in 1u64..100_000,
+                restricted in any::<bool>(),
+            ) {
+                let hosts: Vec<Value> = names.iter().map(|name| {
+                    let mut host = json!({
+                        "name": name, "hostname": format!("{name}.example"), "username": user,
+                        "port": port, "command_timeout": timeout,
+                    });
+                    if restricted {
+                        host["allowed_commands"] = json!(["nvidia-smi", "ls -la"]);
+                    }
+                    host
+                }).collect();
+                let cfg = parse(&json!({ "hosts": hosts }).to_string()).unwrap();
+                prop_assert_eq!(cfg.hosts.len(), names.len());
+                for (host, name) in cfg.hosts.iter().zip(&names) {
+                    prop_assert_eq!(&host.name, name);
+                    prop_assert_eq!(host.port, port);
+                    prop_assert_eq!(&host.username, &user);
+                    prop_assert_eq!(host.command_timeout, Duration::from_secs(timeout));
+                    prop_assert_eq!(host.policy.is_some(), restricted);
+                    prop_assert!(host.same_settings(host));
+                }
+            }
+        }
+    }
 }

@@ -268,6 +268,8 @@ async fn default_keepalive_detection_time() {
     sshd.trust_port(proxy.port);
     let mut host = sshd.host("box", &login_user());
     host["port"] = proxy.port.into();
+    // Longer than the keepalive window, so that the keepalive is what notices.
+    host["command_timeout"] = 600.into();
     let daemon = Daemon::start(&hosts_json(&[host]));
     let client = daemon.client().await;
     assert_eq!(run(&client, "box", "true", 0).await.code(), Some(0));

@@ -8,6 +8,7 @@ mod common;
 mod daemon_auth;
 mod daemon_exec;
 mod daemon_hostkeys;
+mod daemon_inputs;
 mod daemon_lifecycle;
 mod doctor;
 mod faults;

@@ -301,4 +301,26 @@ mod tests {
         assert!(wildcard_match("HOST*", "host.example"));
         assert!(!wildcard_match("h*z", "host"));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 300, ..Default::default() })]
+
+        /// A known_hosts file is untrusted text: any content gives a verdict, never a panic,
+        /// and a garbage line never makes an unknown key known.
+        #[test]
+        fn arbitrary_lines_should_never_panic_or_trust(
+            lines in proptest::collection::vec(
+                proptest::prop_oneof![
+                    "\\PC{0,80}",
+                    "(@revoked |@cert-authority )?(\\[?[a-z0-9.*?!,|=]{0,20}\\]?(:[0-9]{1,5})?) ssh-ed25519 [A-Za-z0-9+/=]{0,70}",
+                ],
+                0..8,
+            ),
+            port in 1u16..,
+        ) {
+            let text = lines.join("\n");
+            let verdict = check_text(&text, "example.org", port, KEY_A);
+            proptest::prop_assert!(verdict != Verdict::Known || text.contains(KEY_A));
+        }
+    }
 }

@@ -132,6 +132,11 @@ impl DaemonClient {
         })
     }
 
+    /// The underlying gRPC channel (for calls the generated clients do not cover).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     pub fn daemon(&self) -> pb::daemon_client::DaemonClient<Channel> {
         pb::daemon_client::DaemonClient::new(self.channel.clone())
     }
