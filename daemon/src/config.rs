@@ -193,11 +193,13 @@ fn default_transfer_timeout() -> u64 {
 fn default_connect_timeout() -> u64 {
     10
 }
+// A silent peer is declared lost after interval x (max + 1): 30 s by default, the same as
+// the default command_timeout, so a dead network is noticed as soon as a quiet command is.
 fn default_keepalive_interval() -> u64 {
-    15
+    10
 }
 fn default_keepalive_max() -> u64 {
-    3
+    2
 }
 fn default_max_sessions() -> u64 {
     10

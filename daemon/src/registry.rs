@@ -355,6 +355,15 @@ impl HostEntry {
     }
 }
 
+/// One call in flight; see [`Registry::call_started`].
+pub struct InFlight(Arc<AtomicU64>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Waits until no call uses `conn` any more, then closes it.
 async fn close_when_idle(conn: Arc<Connection>, reason: &'static str) {
     while conn.is_alive() && conn.channels_in_use() > 0 {
@@ -424,6 +433,8 @@ pub struct Registry {
     reloading: tokio::sync::Mutex<()>,
     clients: Mutex<BTreeMap<u64, ClientRecord>>,
     next_client_id: AtomicU64,
+    /// Commands and transfers whose task is still running (shown by `status`; a leak check).
+    in_flight: Arc<AtomicU64>,
     /// Fired when in-flight work must stop now (shutdown grace period over).
     pub shutdown_now: CancellationToken,
     /// Fired to begin a graceful shutdown (signal or Shutdown RPC).
@@ -473,6 +484,7 @@ impl Registry {
             reloading: tokio::sync::Mutex::new(()),
             clients: Mutex::new(BTreeMap::new()),
             next_client_id: AtomicU64::new(1),
+            in_flight: Arc::default(),
             shutdown_now: CancellationToken::new(),
             shutdown_requested: CancellationToken::new(),
         })
@@ -589,6 +601,16 @@ impl Registry {
             ..Record::default()
         });
         Ok(summary)
+    }
+
+    /// Counts a command or transfer as in flight until the returned guard is dropped.
+    pub fn call_started(&self) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.in_flight.clone())
+    }
+
+    pub fn calls_in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     pub fn attach_client(&self, mut record: ClientRecord) -> u64 {

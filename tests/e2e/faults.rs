@@ -258,10 +258,10 @@ async fn fifty_calls_from_five_shims_should_share_ten_sessions() {
     assert_eq!(sshd.accepted_logins(), 1);
 }
 
-/// The same black hole with the default keepalive (15 s x 3): slow, so run on demand:
+/// The same black hole with the default keepalive (10 s x 2): slow, so run on demand:
 /// `cargo test -p mcp-ssh-tests --test e2e default_keepalive -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "takes about a minute; measures the default detection time"]
+#[ignore = "takes half a minute; measures the default detection time"]
 async fn default_keepalive_detection_time() {
     let sshd = Sshd::start();
     let proxy = FaultProxy::start(sshd.port);
@@ -286,6 +286,39 @@ async fn default_keepalive_detection_time() {
         "default keepalive: black hole detected after {:.1} s",
         cut.elapsed().as_secs_f64()
     );
-    assert!(cut.elapsed() < Duration::from_secs(75));
+    assert!(cut.elapsed() < Duration::from_secs(40));
     let _ = rpc::status(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_ignoring_sigterm_should_be_killed_after_the_grace_period() {
+    let sshd = Sshd::start();
+    let daemon = Daemon::start(&hosts_json(&[sshd.host("box", &login_user())]));
+    let client = daemon.client().await;
+    let token = unique_token();
+    // `trap '' TERM` makes the shell and the sleep it starts ignore SIGTERM.
+    let command = format!("trap '' TERM; echo started; sleep 3600.{token}; echo never");
+    let started = Instant::now();
+    let result = run(&client, "box", &command, 1).await;
+    let took = started.elapsed();
+    assert_eq!(result.error_code(), Code::DeadlineExceeded, "{result:?}");
+    assert!(
+        result.error_message().contains("stopped (confirmed)"),
+        "{}",
+        result.error_message()
+    );
+    assert!(
+        processes_matching(&format!("3600.{token}")).is_empty(),
+        "the command survived"
+    );
+    // 1 s of silence, 2 s of grace after SIGTERM, then SIGKILL.
+    assert!(
+        took >= Duration::from_secs(3),
+        "killed before the grace period: {took:?}"
+    );
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    eprintln!(
+        "SIGTERM-proof command killed {:.1} s after it started (timeout 1 s + grace 2 s)",
+        took.as_secs_f64()
+    );
 }

@@ -16,4 +16,5 @@ mod reload;
 mod security;
 mod service;
 mod shim;
+mod soak;
 mod transfer;

@@ -617,3 +617,34 @@ async fn a_killed_daemon_should_be_restarted_by_the_next_call() {
     let daemons = mcp_ssh_tests::daemons_serving(&daemon.socket);
     assert_eq!(daemons.len(), 1, "exactly one new daemon: {daemons:?}");
 }
+
+/// The README's quick start ends with this demo; it must keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quick_start_demo_should_run() {
+    let shim = mcp_ssh_tests::bins::bin("mcp-ssh-shim");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-ssh-demo"))
+        .arg("--bin-dir")
+        .arg(shim.parent().unwrap())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "7 tools: list_hosts",
+        "→ tools/call ssh_execute",
+        "exit 0",
+        "uploaded 28 B",
+        "downloaded 28 B",
+        "The demo worked",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+}

@@ -58,7 +58,9 @@ impl Service {
             ..Record::default()
         };
         let (tx, rx) = mpsc::channel(16);
+        let in_flight = self.registry.call_started();
         tokio::spawn(async move {
+            let _in_flight = in_flight;
             let started = Instant::now();
             let (progress_tx, mut progress_rx) = watch::channel(Progress::default());
             let cancel = CancellationToken::new();

@@ -165,6 +165,7 @@ impl pb::daemon_server::Daemon for Service {
             config_generation: settings.generation,
             config_loaded_at_unix_ms: unix_ms(settings.loaded_at),
             config_error: settings.reload_error.unwrap_or_default(),
+            calls_in_flight: r.calls_in_flight(),
         }))
     }
 
@@ -347,7 +348,9 @@ impl pb::exec_server::Exec for Service {
         };
         let shutdown = self.registry.shutdown_now.clone();
         let (tx, rx) = mpsc::channel(32);
+        let in_flight = self.registry.call_started();
         tokio::spawn(async move {
+            let _in_flight = in_flight;
             let started = std::time::Instant::now();
             let (result, bytes) = forward_exec(&host, &caller, &exec, &shutdown, &tx).await;
             let mut finished = Record {

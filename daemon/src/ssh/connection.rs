@@ -195,6 +195,13 @@ pub struct Connection {
     work: Arc<Semaphore>,
     control: Arc<Semaphore>,
     work_limit: AtomicU32,
+    /// The budget from hosts.json; a lowered budget grows back towards it.
+    work_max: u32,
+    /// Channels opened since the server last refused one.
+    opened_since_refusal: AtomicU32,
+    /// Permits to retire when they come back: a lowered budget could not take them at once
+    /// because calls held them.
+    permit_debt: AtomicU32,
     in_use: Arc<AtomicU32>,
     pub connected_at: SystemTime,
 }
@@ -293,6 +300,9 @@ impl Connection {
             work: Arc::new(Semaphore::new(work as usize)),
             control: Arc::new(Semaphore::new(control as usize)),
             work_limit: AtomicU32::new(work),
+            work_max: work,
+            opened_since_refusal: AtomicU32::new(0),
+            permit_debt: AtomicU32::new(0),
             in_use: Arc::new(AtomicU32::new(0)),
             connected_at: SystemTime::now(),
         })
@@ -403,6 +413,14 @@ impl Connection {
                 result = open => match result {
                     Ok(Ok(channel)) => {
                         self.in_use.fetch_add(1, Ordering::Relaxed);
+                        if learn_limit {
+                            if take_one(&self.permit_debt)
+                                && let Some(p) = permit.take()
+                            {
+                                p.forget();
+                            }
+                            self.regrow_budget();
+                        }
                         let slot = ChannelSlot { _permit: permit, in_use: self.in_use.clone() };
                         return Ok((channel, slot));
                     }
@@ -434,6 +452,7 @@ impl Connection {
                 });
             }
             if learn_limit {
+                self.opened_since_refusal.store(0, Ordering::Relaxed);
                 let removed = self.lower_budget_to(self.in_use.load(Ordering::Relaxed));
                 if removed > 0 {
                     // Our permit stands for a slot the server does not grant: give it up (with
@@ -441,7 +460,10 @@ impl Connection {
                     if let Some(p) = permit.take() {
                         p.forget();
                     }
-                    self.work.forget_permits(removed as usize - 1);
+                    let wanted = removed as usize - 1;
+                    let short = wanted - self.work.forget_permits(wanted);
+                    self.permit_debt
+                        .fetch_add(u32::try_from(short).unwrap_or(u32::MAX), Ordering::Relaxed);
                     permit = tokio::select! {
                         p = self.work.clone().acquire_owned() => p.ok(),
                         () = self.lost() => return Err(self.lost_error()),
@@ -460,6 +482,28 @@ impl Connection {
     }
 
     /// Lowers the work budget by one after the server refused a channel we had a permit for.
+    /// A lowered budget may have been a moment's crowding (sessions the server had not freed
+    /// yet): after [`REGROW_AFTER`] channels opened without a refusal, it grows by one.
+    fn regrow_budget(&self) {
+        if self.work_limit.load(Ordering::Relaxed) >= self.work_max
+            || self.opened_since_refusal.fetch_add(1, Ordering::Relaxed) + 1 < REGROW_AFTER
+        {
+            return;
+        }
+        self.opened_since_refusal.store(0, Ordering::Relaxed);
+        let max = self.work_max;
+        if self
+            .work_limit
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+            && !take_one(&self.permit_debt)
+        {
+            self.work.add_permits(1);
+        }
+    }
+
     /// The server refused a session while `open` of ours were open: it grants at most that
     /// many, one of which stays reserved for stopping commands. Refusals also happen briefly
     /// at the limit (the server frees a session a moment after we see it close), so the budget
@@ -482,6 +526,16 @@ impl Connection {
         old - floor
     }
 }
+
+/// Decrements `counter` if it is above zero; true when it did.
+fn take_one(counter: &AtomicU32) -> bool {
+    counter
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+/// Channels opened without a refusal before a lowered channel budget grows by one.
+const REGROW_AFTER: u32 = 32;
 
 /// russh's algorithm preferences with our cipher first: the configured one, else AES-GCM where
 /// the CPU has AES instructions (measured 25-40 % faster than ChaCha20 here), else ChaCha20.

@@ -224,14 +224,24 @@ async fn wait_closed(channel: &mut russh::Channel<russh::client::Msg>) {
 
 async fn kill_group(conn: &Connection, pgid: u32) -> StopOutcome {
     let tenths = STOP_GRACE.as_millis() / 100;
+    // Run by `sh` whatever the login shell is. `--` before the negative id: dash reads
+    // `-PGID` as an option otherwise. A member that is only a zombie (killed, waiting for its
+    // parent or init to reap it) counts as gone; without /proc, kill -0 has the last word.
     let script = format!(
-        "p={pgid}; kill -s TERM -{pgid} 2>/dev/null || {{ echo gone; exit 0; }}; i=0; \
-         while kill -s 0 -$p 2>/dev/null; do \
-           if [ $i -ge {tenths} ]; then kill -s KILL -$p 2>/dev/null; sleep 1; break; fi; \
+        "p={pgid}; \
+         alive() {{ kill -s 0 -- -$p 2>/dev/null || return 1; [ -r /proc/self/stat ] || return 0; \
+           for d in /proc/[0-9]*; do read -r s < $d/stat 2>/dev/null || continue; s=${{s##*\") \"}}; \
+             set -- $s; [ \"$3\" = \"$p\" ] && [ \"$1\" != Z ] && return 0; done; return 1; }}; \
+         alive || {{ echo gone; exit 0; }}; \
+         kill -s TERM -- -$p 2>/dev/null; i=0; \
+         while alive; do \
+           if [ $i -ge {tenths} ]; then kill -s KILL -- -$p 2>/dev/null; j=0; \
+             while alive && [ $j -lt 10 ]; do sleep 0.1 2>/dev/null || sleep 1; j=$((j+1)); done; break; fi; \
            sleep 0.1 2>/dev/null || sleep 1; i=$((i+1)); \
          done; \
-         if kill -s 0 -$p 2>/dev/null; then echo alive; else echo gone; fi"
+         if alive; then echo alive; else echo gone; fi"
     );
+    let script = format!("sh -c {}", shell_quote(&script));
     let (mut control, _slot) = match conn.open_control_channel().await {
         Ok(opened) => opened,
         Err(e) => {

@@ -209,10 +209,11 @@ async fn status(opts: &ClientOptions, as_json: bool) -> Result<ExitCode, ClientE
     }
     let mut out = String::new();
     out.push_str(&format!(
-        "mcp-sshd {}  pid {}  up {}\n",
+        "mcp-sshd {}  pid {}  up {}  {} call(s) in flight\n",
         s.daemon_version,
         s.pid,
-        human_duration(s.uptime_ms)
+        human_duration(s.uptime_ms),
+        s.calls_in_flight
     ));
     out.push_str(&format!(
         "socket  {}\nconfig  {} (loaded {} ago, generation {})\n",
@@ -318,6 +319,7 @@ fn status_json(s: &pb::StatusReply) -> serde_json::Value {
         "protocol": format!("{}.{}", s.proto_major, s.proto_minor), "warnings": s.warnings,
         "config_generation": s.config_generation, "config_loaded_at_unix_ms": s.config_loaded_at_unix_ms,
         "config_error": (!s.config_error.is_empty()).then_some(&s.config_error),
+        "calls_in_flight": s.calls_in_flight,
         "hosts": s.hosts.iter().map(host_json).collect::<Vec<_>>(),
         "clients": s.clients.iter().map(|c| json!({
             "id": c.client_id, "name": c.name, "version": c.version, "pid": c.pid,
