@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+mod ctl;
 mod daemon_auth;
 mod daemon_exec;
 mod daemon_hostkeys;
