@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use mcp_ssh_proto::pb;
 use mcp_ssh_tests::daemon::hosts_json;
 use mcp_ssh_tests::proxy::{Fault, FaultProxy};
 use mcp_ssh_tests::rpc::{self, run};
@@ -13,7 +12,7 @@ use serde_json::{Value, json};
 use tonic::Code;
 
 use crate::common::{eventually, processes_matching, unique_token};
-use crate::transfer::{final_error, leftovers, random_file, shared_dir, start_moving};
+use crate::transfer::{Step, assert_cut_transfers_leave_nothing};
 
 /// A host entry reaching `sshd` through `proxy`, with short keepalive and connect deadlines.
 fn via_proxy(sshd: &Sshd, proxy: &FaultProxy, name: &str) -> Value {
@@ -157,57 +156,13 @@ async fn a_connection_reset_mid_transfer_should_leave_no_partial_file() {
     let sshd = Sshd::start();
     let proxy = FaultProxy::start(sshd.port);
     let daemon = Daemon::start(&hosts_json(&[via_proxy(&sshd, &proxy, "box")]));
-    let local = tempfile::tempdir().unwrap();
-    let remote = shared_dir();
-    let big = local.path().join("big.bin");
-    random_file(&big, 32 * 1024 * 1024);
-    // Slow enough that the reset lands mid-transfer.
-    proxy.set(Fault::Delay(Duration::from_millis(2)));
-
-    let dest = remote.path().join("big.bin");
-    let request = pb::TransferRequest {
-        host: "box".into(),
-        local_path: big.display().to_string(),
-        remote_path: dest.display().to_string(),
-        verify: false,
-    };
-    let stream = start_moving(&daemon, true, request).await;
-    proxy.reset_all();
-    let status = final_error(stream).await;
-    assert!(status.message().contains("lost"), "{status:?}");
-    assert!(!dest.exists(), "no partial destination");
-    // The remote temporary file goes as soon as the host is reachable again.
-    proxy.set(Fault::Pass);
-    let client = daemon.client().await;
-    assert_eq!(run(&client, "box", "true", 0).await.code(), Some(0));
-    assert!(
-        eventually(Duration::from_secs(10), || leftovers(remote.path())
-            .is_empty()),
-        "{:?}",
-        leftovers(remote.path())
-    );
-
-    let source = remote.path().join("source.bin");
-    std::fs::copy(&big, &source).unwrap();
-    let back = tempfile::tempdir().unwrap();
-    let target = back.path().join("copy.bin");
-    proxy.set(Fault::Delay(Duration::from_millis(2)));
-    let request = pb::TransferRequest {
-        host: "box".into(),
-        local_path: target.display().to_string(),
-        remote_path: source.display().to_string(),
-        verify: false,
-    };
-    let stream = start_moving(&daemon, false, request).await;
-    proxy.reset_all();
-    let status = final_error(stream).await;
-    assert!(status.message().contains("lost"), "{status:?}");
-    assert!(!target.exists());
-    assert!(
-        leftovers(back.path()).is_empty(),
-        "{:?}",
-        leftovers(back.path())
-    );
+    assert_cut_transfers_leave_nothing(&daemon, |step| match step {
+        // Slow enough that the reset lands mid-transfer.
+        Step::Start => proxy.set(Fault::Delay(Duration::from_millis(2))),
+        Step::Cut => proxy.reset_all(),
+        Step::Heal => proxy.set(Fault::Pass),
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

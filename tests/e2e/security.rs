@@ -4,20 +4,14 @@
 use std::os::unix::fs::PermissionsExt;
 
 use mcp_ssh_tests::daemon::{Daemon, ctl_at, hosts_json};
-use mcp_ssh_tests::shim::{Shim, ShimOptions, is_error, text};
+use mcp_ssh_tests::shim::{Shim, is_error, text};
 use mcp_ssh_tests::{Sshd, SshdOptions, is_root, login_user};
 use serde_json::{Value, json};
 
 use crate::common::unique_token;
 
 async fn shim_for(daemon: &Daemon) -> Shim {
-    Shim::spawn(ShimOptions {
-        socket: &daemon.socket,
-        config: Some(&daemon.config),
-        cwd: None,
-        client_name: "e2e-client",
-    })
-    .await
+    Shim::attach(daemon, "e2e-client").await
 }
 
 fn structured(result: &rmcp::model::CallToolResult) -> Value {

@@ -12,16 +12,6 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::common::{eventually, processes_matching, unique_token};
 
-async fn shim_for(daemon: &Daemon, client_name: &str) -> Shim {
-    Shim::spawn(ShimOptions {
-        socket: &daemon.socket,
-        config: Some(&daemon.config),
-        cwd: None,
-        client_name,
-    })
-    .await
-}
-
 fn structured(result: &rmcp::model::CallToolResult) -> Value {
     result.structured_content.clone().unwrap_or(Value::Null)
 }
@@ -30,7 +20,7 @@ fn structured(result: &rmcp::model::CallToolResult) -> Value {
 async fn conversation_should_list_tools_and_run_every_tool() {
     let sshd = Sshd::start();
     let daemon = Daemon::start(&hosts_json(&[sshd.host("box", &login_user())]));
-    let shim = shim_for(&daemon, "e2e-client").await;
+    let shim = Shim::attach(&daemon, "e2e-client").await;
 
     let tools = shim.service.list_all_tools().await.unwrap();
     let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
@@ -152,7 +142,7 @@ async fn failures_should_be_tool_errors_that_say_what_to_do() {
     let mut down = sshd.host("down", &login_user());
     down["port"] = closed_port.into();
     let daemon = Daemon::start(&hosts_json(&[sshd.host("box", &login_user()), wrong, down]));
-    let shim = shim_for(&daemon, "e2e-client").await;
+    let shim = Shim::attach(&daemon, "e2e-client").await;
 
     let unknown = shim
         .call("ssh_execute", json!({ "host": "nope", "command": "true" }))
@@ -229,7 +219,7 @@ async fn output_should_be_capped_cleaned_and_flagged() {
     let sshd = Sshd::start();
     let config = json!({ "max_output_bytes": 4096, "hosts": [sshd.host("box", &login_user())] });
     let daemon = Daemon::start(&config.to_string());
-    let shim = shim_for(&daemon, "e2e-client").await;
+    let shim = Shim::attach(&daemon, "e2e-client").await;
 
     let big = shim
         .call(
@@ -287,7 +277,7 @@ async fn output_should_be_capped_cleaned_and_flagged() {
 async fn long_commands_should_send_progress() {
     let sshd = Sshd::start();
     let daemon = Daemon::start(&hosts_json(&[sshd.host("box", &login_user())]));
-    let shim = shim_for(&daemon, "e2e-client").await;
+    let shim = Shim::attach(&daemon, "e2e-client").await;
     let handle = shim
         .start_call("ssh_execute", json!({ "host": "box", "command": "for i in 1 2 3 4 5; do echo step $i; sleep 1; done" }))
         .await;
@@ -314,7 +304,7 @@ async fn long_commands_should_send_progress() {
 async fn cancellation_should_stop_the_remote_command_and_keep_the_session() {
     let sshd = Sshd::start();
     let daemon = Daemon::start(&hosts_json(&[sshd.host("box", &login_user())]));
-    let shim = shim_for(&daemon, "e2e-client").await;
+    let shim = Shim::attach(&daemon, "e2e-client").await;
     let token = unique_token();
     let handle = shim
         .start_call(
@@ -349,8 +339,8 @@ async fn cancellation_should_stop_the_remote_command_and_keep_the_session() {
 async fn two_clients_should_share_one_connection_and_restarts_reuse_it() {
     let sshd = Sshd::start();
     let daemon = Daemon::start(&hosts_json(&[sshd.host("box", &login_user())]));
-    let claude = shim_for(&daemon, "claude-code").await;
-    let cursor = shim_for(&daemon, "cursor").await;
+    let claude = Shim::attach(&daemon, "claude-code").await;
+    let cursor = Shim::attach(&daemon, "cursor").await;
     assert!(!is_error(
         &claude
             .call("ssh_execute", json!({ "host": "box", "command": "true" }))
@@ -372,7 +362,7 @@ async fn two_clients_should_share_one_connection_and_restarts_reuse_it() {
 
     // Restart one client: its first call must not open a new SSH connection.
     claude.service.cancel().await.unwrap();
-    let claude = shim_for(&daemon, "claude-code").await;
+    let claude = Shim::attach(&daemon, "claude-code").await;
     let r = claude
         .call(
             "ssh_execute",
@@ -454,7 +444,7 @@ async fn eight_shims_racing_should_start_exactly_one_daemon() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_that_cannot_start_should_make_every_call_explain_why() {
     let daemon = Daemon::prepare("{ \"hosts\": [ broken");
-    let shim = shim_for(&daemon, "e2e-client").await;
+    let shim = Shim::attach(&daemon, "e2e-client").await;
     let calls = [
         ("list_hosts", json!({})),
         ("ssh_execute", json!({ "host": "x", "command": "true" })),
@@ -576,8 +566,8 @@ async fn a_killed_daemon_should_be_restarted_by_the_next_call() {
     let sshd = Sshd::start();
     // No daemon yet: the shims start it, as in real use.
     let daemon = Daemon::prepare(&hosts_json(&[sshd.host("box", &login_user())]));
-    let first = shim_for(&daemon, "first").await;
-    let second = shim_for(&daemon, "second").await;
+    let first = Shim::attach(&daemon, "first").await;
+    let second = Shim::attach(&daemon, "second").await;
     for shim in [&first, &second] {
         let r = shim
             .call(

@@ -332,16 +332,29 @@ pub(crate) async fn final_error(mut stream: tonic::Streaming<pb::TransferEvent>)
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sshd_killed_mid_transfer_should_leave_no_partial_files() {
-    let mut sshd = Sshd::start();
-    let daemon = Daemon::start(&hosts_json(&[sshd.host("box", &login_user())]));
+/// When [`assert_cut_transfers_leave_nothing`] asks its fault to act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// A transfer is about to start.
+    Start,
+    /// Data is moving: cut the connection now.
+    Cut,
+    /// Make the host reachable again.
+    Heal,
+}
+
+/// Cuts off an upload and then a download of a 96 MiB file with `fault` while data moves, and
+/// checks that neither leaves a partial file, and that the remote temporary file of the upload
+/// is removed once the host is reachable again.
+pub(crate) async fn assert_cut_transfers_leave_nothing(
+    daemon: &Daemon,
+    mut fault: impl FnMut(Step),
+) {
     let local = tempfile::tempdir().unwrap();
     let remote = shared_dir();
     let big = local.path().join("big.bin");
     random_file(&big, 96 * 1024 * 1024);
 
-    // Upload: kill sshd (and its connections) while data moves.
     let dest = remote.path().join("big.bin");
     let request = pb::TransferRequest {
         host: "box".into(),
@@ -349,18 +362,13 @@ async fn sshd_killed_mid_transfer_should_leave_no_partial_files() {
         remote_path: dest.display().to_string(),
         verify: false,
     };
-    let stream = start_moving(&daemon, true, request).await;
-    sshd.signal_connections(Signal::SIGSTOP);
-    sshd.kill();
+    fault(Step::Start);
+    let stream = start_moving(daemon, true, request).await;
+    fault(Step::Cut);
     let status = final_error(stream).await;
     assert!(status.message().contains("lost"), "{status:?}");
     assert!(!dest.exists(), "no partial destination");
-    assert_eq!(
-        leftovers(remote.path()).len(),
-        1,
-        "the remote temporary file stays until the host is back"
-    );
-    sshd.restart();
+    fault(Step::Heal);
     let client = daemon.client().await;
     assert_eq!(run(&client, "box", "true", 0).await.code(), Some(0));
     assert!(
@@ -370,7 +378,6 @@ async fn sshd_killed_mid_transfer_should_leave_no_partial_files() {
         leftovers(remote.path())
     );
 
-    // Download: the same, on the local side.
     let source = remote.path().join("source.bin");
     std::fs::copy(&big, &source).unwrap();
     let back = tempfile::tempdir().unwrap();
@@ -381,9 +388,9 @@ async fn sshd_killed_mid_transfer_should_leave_no_partial_files() {
         remote_path: source.display().to_string(),
         verify: false,
     };
-    let stream = start_moving(&daemon, false, request).await;
-    sshd.signal_connections(Signal::SIGSTOP);
-    sshd.kill();
+    fault(Step::Start);
+    let stream = start_moving(daemon, false, request).await;
+    fault(Step::Cut);
     let status = final_error(stream).await;
     assert!(status.message().contains("lost"), "{status:?}");
     assert!(!target.exists());
@@ -392,6 +399,22 @@ async fn sshd_killed_mid_transfer_should_leave_no_partial_files() {
         "{:?}",
         leftovers(back.path())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sshd_killed_mid_transfer_should_leave_no_partial_files() {
+    let mut sshd = Sshd::start();
+    let daemon = Daemon::start(&hosts_json(&[sshd.host("box", &login_user())]));
+    assert_cut_transfers_leave_nothing(&daemon, |step| match step {
+        Step::Start => {}
+        Step::Cut => {
+            // Stopped first, so the kill cannot let a last packet through.
+            sshd.signal_connections(Signal::SIGSTOP);
+            sshd.kill();
+        }
+        Step::Heal => sshd.restart(),
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
