@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use mcp_ssh_proto::pb;
 use mcp_ssh_tests::daemon::hosts_json;
 use mcp_ssh_tests::proxy::{Fault, FaultProxy};
 use mcp_ssh_tests::rpc::{self, run};
@@ -276,4 +277,42 @@ async fn a_command_ignoring_sigterm_should_be_killed_after_the_grace_period() {
         "SIGTERM-proof command killed {:.1} s after it started (timeout 1 s + grace 2 s)",
         took.as_secs_f64()
     );
+}
+
+/// A call dropped the moment it started (before the remote shell reported its process group)
+/// must still stop the remote command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_dropped_as_they_start_should_leave_no_remote_process() {
+    let sshd = Sshd::start();
+    let daemon = Daemon::start(&hosts_json(&[sshd.host("box", &login_user())]));
+    let client = daemon.client().await;
+    let token = unique_token();
+    for i in 0..10 {
+        let request = pb::RunRequest {
+            host: "box".into(),
+            command: format!("sleep 60.{token}{i}"),
+            ..Default::default()
+        };
+        let mut stream = client.exec().run(request).await.unwrap().into_inner();
+        // The first event says the command was sent; drop the call right there.
+        let first = stream.message().await.unwrap().unwrap();
+        assert!(matches!(
+            first.event,
+            Some(pb::run_event::Event::Started(_))
+        ));
+        drop(stream);
+    }
+    assert!(
+        eventually(Duration::from_secs(15), || processes_matching(&format!(
+            "60.{token}"
+        ))
+        .is_empty()),
+        "left running: {:?}",
+        processes_matching(&format!("60.{token}"))
+    );
+    assert!(eventually(Duration::from_secs(5), || {
+        let out = daemon.ctl(&["status", "--json"]);
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+        status["calls_in_flight"] == 0 && status["hosts"][0]["channels_in_use"] == 0
+    }));
 }

@@ -153,7 +153,7 @@ pub async fn run(
             () = conn.lost() => return Err(conn.lost_error()),
         }
     };
-    let stop = stop(conn, &mut channel, marker.pgid).await;
+    let stop = stop(conn, &mut channel, &mut marker).await;
     Err(match cause {
         StopCause::Idle => SshError::InactivityTimeout {
             idle: req.idle_timeout,
@@ -191,11 +191,19 @@ pub fn shell_quote(s: &str) -> String {
 async fn stop(
     conn: &Connection,
     channel: &mut russh::Channel<russh::client::Msg>,
-    pgid: Option<u32>,
+    marker: &mut Marker,
 ) -> StopOutcome {
     let _ = channel.signal(Sig::TERM).await;
     let attempt = async {
-        match pgid {
+        // A command stopped right after it was sent may not have reported its process group
+        // yet (and an early signal finds no process to deliver to): wait for the report.
+        if marker.pgid.is_none()
+            && let Ok(Reported::ChannelClosed) =
+                tokio::time::timeout(STOP_GRACE, read_until_reported(channel, marker)).await
+        {
+            return StopOutcome::Confirmed;
+        }
+        match marker.pgid {
             Some(pgid) => kill_group(conn, pgid).await,
             None => {
                 // No group id (the wrapper never ran): all we can do is signal and watch.
@@ -212,6 +220,29 @@ async fn stop(
         .unwrap_or_else(|_| StopOutcome::Unconfirmed("the host did not answer in time".into()));
     let _ = channel.close().await;
     outcome
+}
+
+enum Reported {
+    ProcessGroup,
+    /// The session ended first: the command is over.
+    ChannelClosed,
+}
+
+/// Reads (and drops) output until the wrapper's process-group line has been seen.
+async fn read_until_reported(
+    channel: &mut russh::Channel<russh::client::Msg>,
+    marker: &mut Marker,
+) -> Reported {
+    while marker.pgid.is_none() {
+        match channel.wait().await {
+            Some(ChannelMsg::Data { data }) => {
+                marker.feed(&data);
+            }
+            Some(ChannelMsg::Close) | None => return Reported::ChannelClosed,
+            Some(_) => {}
+        }
+    }
+    Reported::ProcessGroup
 }
 
 async fn wait_closed(channel: &mut russh::Channel<russh::client::Msg>) {
