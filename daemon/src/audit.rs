@@ -94,15 +94,14 @@ impl Audit {
     }
 
     /// Opens (creating 0600) the audit log at `path`; fails early so a bad path is a startup error.
-    pub fn open(path: &Path, secrets: Vec<SecretString>) -> std::io::Result<Audit> {
+    /// Give it the passwords to scrub with [`Audit::set_secrets`] before the first record.
+    pub fn open(path: &Path) -> std::io::Result<Audit> {
         let file = open_append(path)?;
-        let audit = Audit {
+        Ok(Audit {
             path: Some(path.to_path_buf()),
             file: Mutex::new(Some(file)),
             secrets: Mutex::new(Vec::new()),
-        };
-        audit.set_secrets(secrets);
-        Ok(audit)
+        })
     }
 
     /// Replaces the passwords to scrub (a reload may add or change them).
@@ -205,14 +204,11 @@ mod tests {
     fn records_should_be_json_lines_0600_without_secrets() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let audit = Audit::open(
-            &path,
-            vec![
-                SecretString::from("hunter2".to_string()),
-                SecretString::from("q\"uote".to_string()),
-            ],
-        )
-        .unwrap();
+        let audit = Audit::open(&path).unwrap();
+        audit.set_secrets(vec![
+            SecretString::from("hunter2".to_string()),
+            SecretString::from("q\"uote".to_string()),
+        ]);
         audit.record(Record {
             action: "command_started",
             outcome: "started",
@@ -240,7 +236,7 @@ mod tests {
     fn a_rotated_file_should_be_recreated() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let audit = Audit::open(&path, Vec::new()).unwrap();
+        let audit = Audit::open(&path).unwrap();
         audit.record(Record {
             action: "connect",
             outcome: "ok",

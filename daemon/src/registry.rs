@@ -445,7 +445,7 @@ impl Registry {
     /// Builds the registry; fails only when the audit log cannot be opened.
     pub fn new(config: Config, socket_path: PathBuf) -> std::io::Result<Registry> {
         let audit = Arc::new(match &config.audit_log_file {
-            Some(path) => Audit::open(path, passwords(&config)).map_err(|e| {
+            Some(path) => Audit::open(path).map_err(|e| {
                 std::io::Error::new(
                     e.kind(),
                     format!("cannot open audit log {}: {e}", path.display()),

@@ -392,12 +392,17 @@ impl TransferResult {
         } else {
             format!("{} files", self.files)
         };
+        // Below a MiB the rate says more about latency than throughput.
+        let rate = if self.bytes >= 1_048_576 {
+            format!(" ({} MiB/s)", self.mib_per_s)
+        } else {
+            String::new()
+        };
         let mut text = format!(
-            "{verb} {} ({files}) to {} in {} ({} MiB/s)\nsha256 {}",
+            "{verb} {} ({files}) to {} in {}{rate}\nsha256 {}",
             human_bytes(self.bytes),
             self.destination,
             seconds(self.duration_ms),
-            self.mib_per_s,
             self.sha256
         );
         if self.skipped > 0 {
