@@ -403,7 +403,9 @@ impl Connection {
     ) -> Result<(Channel<Msg>, ChannelSlot), SshError> {
         let target = self.host.target();
         let started = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(20);
+        // Most refusals are momentary: sshd frees a closed session only after the packets that
+        // arrived with our close are handled, so an open sent right behind it can bounce once.
+        let mut backoff = Duration::from_millis(2);
         loop {
             let open = tokio::time::timeout(
                 self.host.connect_timeout,
@@ -477,11 +479,10 @@ impl Connection {
                 });
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
+            backoff = (backoff * 2).min(Duration::from_millis(200));
         }
     }
 
-    /// Lowers the work budget by one after the server refused a channel we had a permit for.
     /// A lowered budget may have been a moment's crowding (sessions the server had not freed
     /// yet): after [`REGROW_AFTER`] channels opened without a refusal, it grows by one.
     fn regrow_budget(&self) {
