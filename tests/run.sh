@@ -46,6 +46,11 @@ if is_root; then
     useradd -m -s /bin/sh "$TEST_USER"
   fi
   echo "$TEST_USER:mcp-ssh-test-pw" | chpasswd
+  # A login whose shell cannot run commands, for the "login shell" error.
+  if ! id mcptest-nologin >/dev/null 2>&1; then
+    useradd -m -s /usr/sbin/nologin mcptest-nologin
+    usermod -p '*' mcptest-nologin
+  fi
   mkdir -p /run/sshd
 fi
 

@@ -66,7 +66,8 @@ impl From<Error> for Status {
                 | SshError::HostKeyChanged { .. }
                 | SshError::HostKeyRevoked { .. }
                 | SshError::IdentityNotFound(_)
-                | SshError::IdentityUnreadable { .. } => Code::FailedPrecondition,
+                | SshError::IdentityUnreadable { .. }
+                | SshError::LoginShell { .. } => Code::FailedPrecondition,
                 SshError::AuthFailed { .. } => Code::Unauthenticated,
                 SshError::ChannelOpen { .. } => Code::ResourceExhausted,
                 SshError::InactivityTimeout { .. } => Code::DeadlineExceeded,

@@ -308,3 +308,29 @@ async fn ctl_exec_should_stream_and_exit_with_the_remote_code() {
     assert_eq!(out.status.code(), Some(255));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown host"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_shell_that_cannot_run_commands_should_be_named() {
+    // Needs a second account (created by tests/run.sh as root).
+    if !is_root() {
+        return;
+    }
+    assert!(
+        nix::unistd::User::from_name("mcptest-nologin")
+            .ok()
+            .flatten()
+            .is_some(),
+        "user mcptest-nologin is missing: run `bash tests/run.sh` (it creates it)"
+    );
+    let sshd = Sshd::start();
+    let daemon = Daemon::start(&hosts_json(&[sshd.host("box", "mcptest-nologin")]));
+    let client = daemon.client().await;
+    let result = run(&client, "box", "echo hi", 0).await;
+    assert_eq!(result.error_code(), Code::FailedPrecondition, "{result:?}");
+    let message = result.error_message();
+    assert!(
+        message.contains("login shell") && message.contains("POSIX"),
+        "{message}"
+    );
+    assert!(!message.ends_with(": "), "{message}");
+}

@@ -23,6 +23,8 @@ const STOP_DEADLINE: Duration = Duration::from_secs(10);
 /// Marks the first line of stdout, which carries the process group id.
 const MARKER_START: &[u8] = b"\x1eMCPSSH-PGID ";
 const MARKER_MAX: usize = 64;
+/// How much stderr is kept to explain a login shell that could not run the command.
+const STDERR_HEAD: usize = 512;
 
 pub struct ExecRequest {
     pub command: String,
@@ -104,6 +106,8 @@ pub async fn run(
         .map_err(|_| conn.lost_error())?;
 
     let mut marker = Marker::default();
+    // The start of stderr, to explain a login shell that could not run the wrapper.
+    let mut stderr_head = Vec::new();
     let mut outcome = ExecOutcome {
         code: None,
         signal: None,
@@ -124,6 +128,9 @@ pub async fn run(
                 }
                 Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
                     idle.as_mut().reset(tokio::time::Instant::now() + req.idle_timeout);
+                    if marker.pgid.is_none() && stderr_head.len() < STDERR_HEAD {
+                        stderr_head.extend_from_slice(&data[..data.len().min(STDERR_HEAD)]);
+                    }
                     if sink.send(Output::Stderr(data.to_vec())).await.is_err() {
                         break StopCause::CallerGone;
                     }
@@ -136,11 +143,27 @@ pub async fn run(
                     outcome.core_dumped = core_dumped;
                 }
                 Some(ChannelMsg::Close) | None => {
-                    if let Some(rest) = marker.finish() {
-                        let _ = sink.send(Output::Stdout(rest)).await;
-                    }
+                    let rest = marker.finish();
                     if outcome.code.is_none() && outcome.signal.is_none() && !conn.is_alive() {
                         return Err(conn.lost_error());
+                    }
+                    // The wrapper's first line never came: the login shell did not run it.
+                    if marker.pgid.is_none() && outcome.code.is_some_and(|c| c != 0) {
+                        let mut said = stderr_head;
+                        said.extend(rest.unwrap_or_default());
+                        let said: String =
+                            String::from_utf8_lossy(&said).trim().chars().take(300).collect();
+                        return Err(SshError::LoginShell {
+                            target: conn.host().target(),
+                            said: if said.is_empty() {
+                                said
+                            } else {
+                                format!(". The shell said: {said}")
+                            },
+                        });
+                    }
+                    if let Some(rest) = rest {
+                        let _ = sink.send(Output::Stdout(rest)).await;
                     }
                     outcome.duration = started.elapsed();
                     return Ok(outcome);

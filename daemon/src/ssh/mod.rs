@@ -90,6 +90,15 @@ pub enum SshError {
     Protocol { target: String, message: String },
     #[error("connection to {target} lost: {reason}")]
     ConnectionLost { target: String, reason: String },
+    #[error(
+        "the login shell on {target} did not run the command; mcp-ssh needs a POSIX shell (sh, bash, \
+         dash, zsh, ksh) as the login shell, not fish, nologin or a restricted shell (change it with chsh){said}"
+    )]
+    LoginShell {
+        target: String,
+        /// What the shell printed, as ". The shell said: …", or empty.
+        said: String,
+    },
     #[error("could not open a channel to {target}: {reason}")]
     ChannelOpen { target: String, reason: String },
     #[error("command produced no output for {} s (inactivity timeout) and was stopped: {stop}", idle.as_secs())]
