@@ -167,6 +167,20 @@ impl HostEntry {
         match opened {
             Ok(conn) => {
                 let conn = Arc::new(conn);
+                if !self.config().same_connection(&config) {
+                    // A reload changed the connection settings while we connected: this call
+                    // may use the connection (closed after it), the next one connects anew.
+                    let used = conn.clone();
+                    tokio::spawn(async move {
+                        let deadline = Instant::now() + Duration::from_secs(5);
+                        while used.channels_in_use() == 0 && Instant::now() < deadline {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        close_when_idle(used, "hosts.json changed this host's connection settings")
+                            .await;
+                    });
+                    return Ok((conn, true));
+                }
                 let mut status = lock(&self.status);
                 status.conn = Some(conn.clone());
                 status.state = ConnState::Connected;
