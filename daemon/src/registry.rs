@@ -75,14 +75,16 @@ pub struct HostEntry {
     /// Serializes connection attempts, so concurrent first calls share one connection.
     connecting: tokio::sync::Mutex<()>,
     audit: Arc<Audit>,
+    agents: Arc<ssh::AgentSockets>,
     /// Remote temporary files of uploads cut off with their connection, removed on reconnect.
     pending: PendingTemps,
 }
 
 impl HostEntry {
-    fn new(config: HostConfig, audit: Arc<Audit>) -> HostEntry {
+    fn new(config: HostConfig, audit: Arc<Audit>, agents: Arc<ssh::AgentSockets>) -> HostEntry {
         HostEntry {
             audit,
+            agents,
             config: Mutex::new(Arc::new(config)),
             status: Mutex::new(HostStatus {
                 conn: None,
@@ -153,7 +155,7 @@ impl HostEntry {
         let config = self.config();
         self.set_state(ConnState::Connecting, None);
         let started = std::time::Instant::now();
-        let opened = Connection::open(config.clone(), self.audit.clone()).await;
+        let opened = Connection::open(config.clone(), self.audit.clone(), &self.agents).await;
         self.audit.record(Record {
             action: "connect",
             outcome: if opened.is_ok() { "ok" } else { "error" },
@@ -437,6 +439,8 @@ pub struct ReloadSummary {
 
 pub struct Registry {
     pub audit: Arc<Audit>,
+    /// ssh-agent sockets announced by clients.
+    pub agents: Arc<ssh::AgentSockets>,
     pub config_path: PathBuf,
     pub socket_path: PathBuf,
     pub started_at: SystemTime,
@@ -477,10 +481,14 @@ impl Registry {
             log_level: config.log_level,
             audit_log_file: config.audit_log_file,
         };
+        let agents = Arc::new(ssh::AgentSockets::default());
         let hosts: BTreeMap<_, _> = config
             .hosts
             .into_iter()
-            .map(|h| (h.name.clone(), Arc::new(HostEntry::new(h, audit.clone()))))
+            .map(|h| {
+                let entry = HostEntry::new(h, audit.clone(), agents.clone());
+                (entry.name(), Arc::new(entry))
+            })
             .collect();
         let (events, _) = watch::channel(ConfigEvent {
             generation: 1,
@@ -489,6 +497,7 @@ impl Registry {
         });
         Ok(Registry {
             audit,
+            agents,
             config_path: config.path,
             socket_path,
             started_at: SystemTime::now(),
@@ -568,7 +577,11 @@ impl Registry {
                     }
                     None => {
                         summary.added.push(name.clone());
-                        Arc::new(HostEntry::new(host, self.audit.clone()))
+                        Arc::new(HostEntry::new(
+                            host,
+                            self.audit.clone(),
+                            self.agents.clone(),
+                        ))
                     }
                 };
                 next.insert(name, entry);

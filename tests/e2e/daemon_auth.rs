@@ -130,3 +130,26 @@ async fn password_auth_should_work_and_never_echo_the_password() {
     assert!(!d.log_text().contains("wrong-secret-value"));
     assert!(!d.log_text().contains(TEST_PASSWORD));
 }
+
+/// A daemon started without an agent (by a service manager, or from another terminal) uses the
+/// agent of the client that calls it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_of_the_calling_client_should_be_used() {
+    let sshd = Sshd::start();
+    let agent = Agent::start();
+    agent.add(&sshd.client_key, "");
+    let d = daemon(without_identity(&sshd), None);
+    let out = std::process::Command::new(mcp_ssh_tests::bins::bin("mcp-sshctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["exec", "box", "--", "echo via-client-agent"])
+        .env("SSH_AUTH_SOCK", &agent.socket)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "via-client-agent\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

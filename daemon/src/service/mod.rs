@@ -114,6 +114,9 @@ impl pb::daemon_server::Daemon for Service {
             ))
             .into());
         }
+        self.registry
+            .agents
+            .announce(std::path::PathBuf::from(&hello.ssh_auth_sock));
         let client_id = self.registry.attach_client(ClientRecord {
             id: 0,
             kind: hello.kind,

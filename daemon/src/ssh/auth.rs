@@ -23,9 +23,57 @@ struct Attempts {
     hints: Vec<String>,
 }
 
+/// The ssh-agent sockets the daemon may use: those its clients announced (most recent first;
+/// a daemon started by one terminal or run by a service manager would otherwise be stuck with
+/// the agent of whoever started it, or none), then its own `SSH_AUTH_SOCK`. Only processes of
+/// the daemon's own user can announce one (peer uids are checked at accept).
+#[derive(Debug, Default)]
+pub struct AgentSockets {
+    announced: std::sync::Mutex<Vec<PathBuf>>,
+}
+
+impl AgentSockets {
+    const KEPT: usize = 4;
+
+    /// A client's `SSH_AUTH_SOCK`.
+    pub fn announce(&self, path: PathBuf) {
+        if path.as_os_str().is_empty() {
+            return;
+        }
+        let mut announced = super::connection::lock(&self.announced);
+        announced.retain(|p| *p != path);
+        announced.insert(0, path);
+        announced.truncate(Self::KEPT);
+    }
+
+    /// Where to look for an agent, in order; only sockets that exist.
+    fn candidates(&self) -> Vec<PathBuf> {
+        let mut found = super::connection::lock(&self.announced).clone();
+        if let Some(own) = std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from)
+            && !found.contains(&own)
+        {
+            found.push(own);
+        }
+        found.retain(|p| p.exists());
+        found
+    }
+
+    /// The first agent that answers.
+    async fn connect(&self) -> Option<AgentClient<tokio::net::UnixStream>> {
+        for path in self.candidates() {
+            match AgentClient::connect_uds(&path).await {
+                Ok(agent) => return Some(agent),
+                Err(e) => tracing::debug!("ssh-agent at {} did not answer: {e}", path.display()),
+            }
+        }
+        None
+    }
+}
+
 pub(super) async fn authenticate<H: russh::client::Handler>(
     handle: &mut Handle<H>,
     host: &HostConfig,
+    agents: &AgentSockets,
 ) -> Result<(), SshError> {
     let mut attempts = Attempts::default();
     let target = host.target();
@@ -35,14 +83,14 @@ pub(super) async fn authenticate<H: russh::client::Handler>(
     };
 
     if let Some(path) = &host.identity_file {
-        if identity_file(handle, host, path, &mut attempts)
+        if identity_file(handle, host, agents, path, &mut attempts)
             .await
             .map_err(|e| e.or_protocol(&target))?
         {
             return Ok(());
         }
     } else {
-        if agent_keys(handle, host, None, &mut attempts)
+        if agent_keys(handle, host, agents, None, &mut attempts)
             .await
             .map_err(protocol)?
         {
@@ -50,7 +98,7 @@ pub(super) async fn authenticate<H: russh::client::Handler>(
         }
         for candidate in DEFAULT_KEYS.iter().map(|p| expand_tilde(p)) {
             if candidate.exists()
-                && identity_file(handle, host, &candidate, &mut attempts)
+                && identity_file(handle, host, agents, &candidate, &mut attempts)
                     .await
                     .map_err(|e| e.or_protocol(&target))?
             {
@@ -106,6 +154,7 @@ impl KeyError {
 async fn identity_file<H: russh::client::Handler>(
     handle: &mut Handle<H>,
     host: &HostConfig,
+    agents: &AgentSockets,
     path: &Path,
     attempts: &mut Attempts,
 ) -> Result<bool, KeyError> {
@@ -144,7 +193,7 @@ async fn identity_file<H: russh::client::Handler>(
                 ));
                 return Ok(false);
             };
-            let used = agent_keys(handle, host, Some(&public), attempts)
+            let used = agent_keys(handle, host, agents, Some(&public), attempts)
                 .await
                 .map_err(KeyError::Protocol)?;
             if !used {
@@ -176,10 +225,11 @@ fn public_key_of(private: &Path) -> Option<PublicKey> {
 async fn agent_keys<H: russh::client::Handler>(
     handle: &mut Handle<H>,
     host: &HostConfig,
+    agents: &AgentSockets,
     only: Option<&PublicKey>,
     attempts: &mut Attempts,
 ) -> Result<bool, russh::Error> {
-    let Ok(mut agent) = AgentClient::connect_env().await else {
+    let Some(mut agent) = agents.connect().await else {
         return Ok(false);
     };
     let Ok(identities) = agent.request_identities().await else {

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::auth::AgentSockets;
 use super::known_hosts::{self, Verdict};
 use super::{SshError, auth};
 use crate::audit::{Audit, Record};
@@ -220,11 +221,15 @@ impl Drop for ChannelSlot {
 
 impl Connection {
     /// Opens a connection to `host`, bounded by its `connect_timeout` as a whole.
-    pub async fn open(host: Arc<HostConfig>, audit: Arc<Audit>) -> Result<Connection, SshError> {
+    pub async fn open(
+        host: Arc<HostConfig>,
+        audit: Arc<Audit>,
+        agents: &AgentSockets,
+    ) -> Result<Connection, SshError> {
         let deadline = host.connect_timeout;
         let target = host.target();
         let stage = Arc::new(Mutex::new("TCP connect"));
-        let attempt = Self::open_inner(host, audit, stage.clone());
+        let attempt = Self::open_inner(host, audit, agents, stage.clone());
         match tokio::time::timeout(deadline, attempt).await {
             Ok(result) => result,
             Err(_) => Err(SshError::ConnectTimeout {
@@ -238,6 +243,7 @@ impl Connection {
     async fn open_inner(
         host: Arc<HostConfig>,
         audit: Arc<Audit>,
+        agents: &AgentSockets,
         stage: Arc<Mutex<&'static str>>,
     ) -> Result<Connection, SshError> {
         let target = host.target();
@@ -280,7 +286,7 @@ impl Connection {
             }
         };
         *lock(&stage) = "authentication";
-        auth::authenticate(&mut handle, &host).await?;
+        auth::authenticate(&mut handle, &host, agents).await?;
         shared.authenticated.store(true, Ordering::Relaxed);
         let budget = host.max_sessions;
         let (work, control) = if budget >= 2 {

@@ -16,6 +16,7 @@ pub mod transfer;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use auth::AgentSockets;
 pub use connection::Connection;
 pub use exec::{ExecOutcome, ExecRequest, Output, StopOutcome};
 

@@ -100,6 +100,7 @@ impl DaemonClient {
             pid: std::process::id(),
             config_path: String::new(),
             program_version: version::PACKAGE_VERSION.into(),
+            ssh_auth_sock: std::env::var("SSH_AUTH_SOCK").unwrap_or_default(),
         };
         let hello = match daemon.hello(request).await {
             Ok(reply) => reply.into_inner(),
