@@ -13,7 +13,8 @@ use crate::audit::{Audit, ClientRef, Record};
 use crate::config::{Config, ConfigError, HostConfig, LogLevel};
 use crate::error::Error;
 use crate::ssh::connection::lock;
-use crate::ssh::transfer::{self, PendingTemps, Progress, TransferOutcome, TransferSpec};
+use crate::ssh::pending::{PendingStore, PendingTemps};
+use crate::ssh::transfer::{self, Progress, TransferOutcome, TransferSpec};
 use crate::ssh::{self, Connection, ExecOutcome, ExecRequest, Output};
 
 /// Connection state as shown to users.
@@ -81,7 +82,12 @@ pub struct HostEntry {
 }
 
 impl HostEntry {
-    fn new(config: HostConfig, audit: Arc<Audit>, agents: Arc<ssh::AgentSockets>) -> HostEntry {
+    fn new(
+        config: HostConfig,
+        audit: Arc<Audit>,
+        agents: Arc<ssh::AgentSockets>,
+        pending: PendingTemps,
+    ) -> HostEntry {
         HostEntry {
             audit,
             agents,
@@ -95,7 +101,7 @@ impl HostEntry {
                 unreachable: None,
             }),
             connecting: tokio::sync::Mutex::new(()),
-            pending: PendingTemps::default(),
+            pending,
         }
     }
 
@@ -441,6 +447,7 @@ pub struct Registry {
     pub audit: Arc<Audit>,
     /// ssh-agent sockets announced by clients.
     pub agents: Arc<ssh::AgentSockets>,
+    pending: Arc<PendingStore>,
     pub config_path: PathBuf,
     pub socket_path: PathBuf,
     pub started_at: SystemTime,
@@ -482,11 +489,15 @@ impl Registry {
             audit_log_file: config.audit_log_file,
         };
         let agents = Arc::new(ssh::AgentSockets::default());
+        let mut pending_file = socket_path.clone().into_os_string();
+        pending_file.push(".pending.json");
+        let pending = PendingStore::open(Some(PathBuf::from(pending_file)));
         let hosts: BTreeMap<_, _> = config
             .hosts
             .into_iter()
             .map(|h| {
-                let entry = HostEntry::new(h, audit.clone(), agents.clone());
+                let host_pending = pending.for_host(&h.name);
+                let entry = HostEntry::new(h, audit.clone(), agents.clone(), host_pending);
                 (entry.name(), Arc::new(entry))
             })
             .collect();
@@ -498,6 +509,7 @@ impl Registry {
         Ok(Registry {
             audit,
             agents,
+            pending,
             config_path: config.path,
             socket_path,
             started_at: SystemTime::now(),
@@ -577,10 +589,12 @@ impl Registry {
                     }
                     None => {
                         summary.added.push(name.clone());
+                        let pending = self.pending.for_host(&name);
                         Arc::new(HostEntry::new(
                             host,
                             self.audit.clone(),
                             self.agents.clone(),
+                            pending,
                         ))
                     }
                 };

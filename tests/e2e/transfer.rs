@@ -544,3 +544,41 @@ async fn transfers_should_report_progress() {
     }
     let _: PathBuf = big;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_killed_mid_upload_should_have_its_successor_remove_the_remote_temp() {
+    let sshd = Sshd::start();
+    let mut daemon = Daemon::start(&hosts_json(&[sshd.host("box", &login_user())]));
+    let local = tempfile::tempdir().unwrap();
+    let remote = shared_dir();
+    let big = local.path().join("big.bin");
+    random_file(&big, 96 * 1024 * 1024);
+    let request = pb::TransferRequest {
+        host: "box".into(),
+        local_path: big.display().to_string(),
+        remote_path: remote.path().join("big.bin").display().to_string(),
+        verify: false,
+    };
+    let stream = start_moving(&daemon, true, request).await;
+    daemon.signal(Signal::SIGKILL);
+    daemon.wait_exit(Duration::from_secs(5));
+    assert!(daemon.pid().is_none(), "the daemon survived SIGKILL");
+    drop(stream);
+    assert_eq!(
+        leftovers(remote.path()).len(),
+        1,
+        "the cut-off upload's temp file"
+    );
+    assert!(!remote.path().join("big.bin").exists());
+
+    // The next daemon knows about it and removes it once it reaches the host.
+    daemon.spawn();
+    let client = daemon.client().await;
+    assert_eq!(run(&client, "box", "true", 0).await.code(), Some(0));
+    assert!(
+        eventually(Duration::from_secs(10), || leftovers(remote.path())
+            .is_empty()),
+        "{:?}",
+        leftovers(remote.path())
+    );
+}

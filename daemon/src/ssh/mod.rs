@@ -4,12 +4,14 @@
 //! - [`auth`]: the OpenSSH-like order of credentials to try.
 //! - [`known_hosts`]: host key verification against OpenSSH's files.
 //! - [`exec`]: one remote command on a channel, with inactivity timeout and remote stopping.
-//! - [`sftp`], [`transfer`]: atomic, pipelined uploads and downloads over SFTP.
+//! - [`sftp`], [`transfer`]: atomic, pipelined uploads and downloads over SFTP; [`pending`]:
+//!   their remote temporary files awaiting removal.
 
 mod auth;
 pub mod connection;
 pub mod exec;
 pub mod known_hosts;
+pub mod pending;
 pub mod sftp;
 pub mod transfer;
 

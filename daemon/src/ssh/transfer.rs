@@ -6,10 +6,8 @@
 //! On failure the temporary file is removed; if the connection is gone, the remote one is
 //! remembered and removed when the host is reached again.
 
-use std::collections::HashSet;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -17,8 +15,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::connection::lock;
 use super::exec::{self, ExecRequest, Output};
+use super::pending::PendingTemps;
 use super::sftp::{OpError, Sftp};
 use super::{Connection, SshError};
 use crate::policy::quote;
@@ -72,25 +70,6 @@ pub struct TransferOutcome {
     pub destination: String,
     /// (matched, how it was checked) when verification was asked for.
     pub verification: Option<(bool, String)>,
-}
-
-/// Remote temporary files left behind by transfers cut off with their connection.
-#[derive(Debug, Default, Clone)]
-pub struct PendingTemps(Arc<Mutex<HashSet<String>>>);
-
-impl PendingTemps {
-    fn add(&self, path: &str) {
-        lock(&self.0).insert(path.to_string());
-    }
-    fn done(&self, path: &str) {
-        lock(&self.0).remove(path);
-    }
-    pub fn take(&self) -> Vec<String> {
-        lock(&self.0).drain().collect()
-    }
-    pub fn restore(&self, paths: Vec<String>) {
-        lock(&self.0).extend(paths);
-    }
 }
 
 /// Shared state of one transfer.

@@ -1,0 +1,139 @@
+//! Remote temporary files of uploads that were cut off with their connection, per host. They are
+//! removed once the host is reached again; the list is also kept in a file beside the socket
+//! (`<socket>.pending.json`, 0600) so that a daemon restarted in between still removes them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use super::connection::lock;
+
+type Map = BTreeMap<String, BTreeSet<String>>;
+
+/// Every host's pending files, and where they are kept.
+#[derive(Debug, Default)]
+pub struct PendingStore {
+    file: Option<PathBuf>,
+    map: Mutex<Map>,
+}
+
+impl PendingStore {
+    /// Loads `file` if it exists (an unreadable one is reported and replaced); `None` keeps
+    /// the list in memory only.
+    pub fn open(file: Option<PathBuf>) -> Arc<PendingStore> {
+        let map = file
+            .as_ref()
+            .and_then(|path| match std::fs::read_to_string(path) {
+                Ok(text) => serde_json::from_str::<Map>(&text)
+                    .map_err(|e| tracing::warn!("ignoring {}: {e}", path.display()))
+                    .ok(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    tracing::warn!("cannot read {}: {e}", path.display());
+                    None
+                }
+            })
+            .unwrap_or_default();
+        Arc::new(PendingStore {
+            file,
+            map: Mutex::new(map),
+        })
+    }
+
+    /// The pending files of one host.
+    pub fn for_host(self: &Arc<Self>, host: &str) -> PendingTemps {
+        PendingTemps {
+            store: self.clone(),
+            host: host.to_string(),
+        }
+    }
+
+    fn change(&self, host: &str, f: impl FnOnce(&mut BTreeSet<String>)) {
+        let mut map = lock(&self.map);
+        f(map.entry(host.to_string()).or_default());
+        map.retain(|_, paths| !paths.is_empty());
+        self.save(&map);
+    }
+
+    /// Writes the list beside the socket (temporary file, then rename); removes it when empty.
+    fn save(&self, map: &Map) {
+        let Some(path) = &self.file else { return };
+        if map.is_empty() {
+            let _ = std::fs::remove_file(path);
+            return;
+        }
+        let tmp = path.with_extension("json.tmp");
+        let written = serde_json::to_vec(map)
+            .map_err(std::io::Error::other)
+            .and_then(|json| std::fs::write(&tmp, json))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            tracing::warn!(
+                "cannot record pending temporary files in {}: {e}",
+                path.display()
+            );
+        }
+    }
+}
+
+/// One host's view of the [`PendingStore`].
+#[derive(Debug, Clone)]
+pub struct PendingTemps {
+    store: Arc<PendingStore>,
+    host: String,
+}
+
+impl Default for PendingTemps {
+    /// In memory only (tests).
+    fn default() -> PendingTemps {
+        Arc::new(PendingStore::default()).for_host("")
+    }
+}
+
+impl PendingTemps {
+    pub fn add(&self, path: &str) {
+        self.store.change(&self.host, |paths| {
+            paths.insert(path.to_string());
+        });
+    }
+
+    pub fn done(&self, path: &str) {
+        self.store.change(&self.host, |paths| {
+            paths.remove(path);
+        });
+    }
+
+    pub fn take(&self) -> Vec<String> {
+        let mut taken = Vec::new();
+        self.store.change(&self.host, |paths| {
+            taken = std::mem::take(paths).into_iter().collect()
+        });
+        taken
+    }
+
+    pub fn restore(&self, paths: Vec<String>) {
+        if paths.is_empty() {
+            return;
+        }
+        self.store.change(&self.host, |kept| kept.extend(paths));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_files_should_survive_a_restart_per_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("d.sock.pending.json");
+        let store = PendingStore::open(Some(file.clone()));
+        store.for_host("a").add("/x/.f.mcpssh-upload-1.tmp");
+        store.for_host("b").add("/y/.g.mcpssh-upload-2.tmp");
+        store.for_host("b").done("/y/.g.mcpssh-upload-2.tmp");
+        let again = PendingStore::open(Some(file.clone()));
+        assert_eq!(again.for_host("a").take(), ["/x/.f.mcpssh-upload-1.tmp"]);
+        assert!(again.for_host("b").take().is_empty());
+        assert!(!file.exists(), "an empty list leaves no file");
+    }
+}
