@@ -158,8 +158,50 @@ impl HostEntry {
         if let Some(e) = self.unreachable_error() {
             return Err(e);
         }
-        let config = self.config();
-        self.set_state(ConnState::Connecting, None);
+        let mut config = self.config();
+        let conn = loop {
+            self.set_state(ConnState::Connecting, None);
+            match self.open_audited(caller, &config).await {
+                Ok(conn) => {
+                    let now = self.config();
+                    if now.same_connection(&config) {
+                        break Arc::new(conn);
+                    }
+                    // A reload changed the connection settings while we connected. Nothing
+                    // has run on this connection: connect again with the new settings.
+                    conn.close("hosts.json changed this host's connection settings")
+                        .await;
+                    config = now;
+                }
+                Err(e) => {
+                    tracing::warn!(host = %config.name, "connect failed: {e}");
+                    self.set_state(ConnState::Failed, Some(e.to_string()));
+                    if matches!(e, ssh::SshError::ConnectTimeout { .. }) {
+                        lock(&self.status).unreachable = Some((Instant::now(), e.to_string()));
+                    }
+                    return Err(e.into());
+                }
+            }
+        };
+        let mut status = lock(&self.status);
+        status.conn = Some(conn.clone());
+        status.state = ConnState::Connected;
+        status.since = conn.connected_at;
+        status.last_error = None;
+        status.unreachable = None;
+        status.connections_opened += 1;
+        drop(status);
+        let (cleanup_conn, pending) = (conn.clone(), self.pending.clone());
+        tokio::spawn(async move { transfer::clean_pending(&cleanup_conn, &pending).await });
+        Ok((conn, true))
+    }
+
+    /// One connection attempt with `config`, audited.
+    async fn open_audited(
+        &self,
+        caller: &Option<ClientRef>,
+        config: &Arc<HostConfig>,
+    ) -> Result<Connection, ssh::SshError> {
         let started = std::time::Instant::now();
         let opened = Connection::open(config.clone(), self.audit.clone(), &self.agents).await;
         self.audit.record(Record {
@@ -172,44 +214,7 @@ impl HostEntry {
             error: opened.as_ref().err().map(ToString::to_string),
             ..Record::default()
         });
-        match opened {
-            Ok(conn) => {
-                let conn = Arc::new(conn);
-                if !self.config().same_connection(&config) {
-                    // A reload changed the connection settings while we connected: this call
-                    // may use the connection (closed after it), the next one connects anew.
-                    let used = conn.clone();
-                    tokio::spawn(async move {
-                        let deadline = Instant::now() + Duration::from_secs(5);
-                        while used.channels_in_use() == 0 && Instant::now() < deadline {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        close_when_idle(used, "hosts.json changed this host's connection settings")
-                            .await;
-                    });
-                    return Ok((conn, true));
-                }
-                let mut status = lock(&self.status);
-                status.conn = Some(conn.clone());
-                status.state = ConnState::Connected;
-                status.since = conn.connected_at;
-                status.last_error = None;
-                status.unreachable = None;
-                status.connections_opened += 1;
-                drop(status);
-                let (cleanup_conn, pending) = (conn.clone(), self.pending.clone());
-                tokio::spawn(async move { transfer::clean_pending(&cleanup_conn, &pending).await });
-                Ok((conn, true))
-            }
-            Err(e) => {
-                tracing::warn!(host = %config.name, "connect failed: {e}");
-                self.set_state(ConnState::Failed, Some(e.to_string()));
-                if matches!(e, ssh::SshError::ConnectTimeout { .. }) {
-                    lock(&self.status).unreachable = Some((Instant::now(), e.to_string()));
-                }
-                Err(e.into())
-            }
-        }
+        opened
     }
 
     /// Records why the previous connection ended, the first time we notice.

@@ -2,13 +2,8 @@
 
 use mcp_ssh_tests::daemon::{Daemon, ctl_at, hosts_json};
 use mcp_ssh_tests::{Sshd, login_user};
-use serde_json::Value;
 
-fn json_of(out: &std::process::Output) -> Value {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("not one JSON document ({e}): {stdout}"))
-}
+use crate::common::stdout_json;
 
 #[test]
 fn every_command_should_speak_json_with_meaningful_exit_codes() {
@@ -23,7 +18,7 @@ fn every_command_should_speak_json_with_meaningful_exit_codes() {
         "echo out; echo err >&2; exit 7",
     ]);
     assert_eq!(exec.status.code(), Some(7));
-    let v = json_of(&exec);
+    let v = stdout_json(&exec);
     assert_eq!(
         (
             v["exit_code"].as_i64(),
@@ -36,13 +31,13 @@ fn every_command_should_speak_json_with_meaningful_exit_codes() {
     let unknown = daemon.ctl(&["--json", "exec", "nope", "--", "true"]);
     assert_eq!(unknown.status.code(), Some(255));
     assert!(
-        json_of(&unknown)["error"]
+        stdout_json(&unknown)["error"]
             .as_str()
             .unwrap()
             .contains("unknown host")
     );
 
-    let hosts = json_of(&daemon.ctl(&["hosts", "--json"]));
+    let hosts = stdout_json(&daemon.ctl(&["hosts", "--json"]));
     assert_eq!(hosts[0]["state"], "connected");
 
     let local = tempfile::tempdir().unwrap();
@@ -51,7 +46,7 @@ fn every_command_should_speak_json_with_meaningful_exit_codes() {
     let remote = format!("/tmp/mcpssh-ctl-{}.txt", std::process::id());
     let up = daemon.ctl(&["upload", "--json", "box", file.to_str().unwrap(), &remote]);
     assert_eq!(up.status.code(), Some(0));
-    assert_eq!(json_of(&up)["bytes"], 4);
+    assert_eq!(stdout_json(&up)["bytes"], 4);
     let back = local.path().join("back.txt");
     let down = daemon.ctl(&[
         "download",
@@ -62,7 +57,7 @@ fn every_command_should_speak_json_with_meaningful_exit_codes() {
         back.to_str().unwrap(),
     ]);
     assert_eq!(down.status.code(), Some(0));
-    assert_eq!(json_of(&down)["verified"], true);
+    assert_eq!(stdout_json(&down)["verified"], true);
     let _ = std::fs::remove_file(&remote);
     let missing = daemon.ctl(&[
         "download",
@@ -72,24 +67,24 @@ fn every_command_should_speak_json_with_meaningful_exit_codes() {
         back.to_str().unwrap(),
     ]);
     assert_eq!(missing.status.code(), Some(1));
-    assert!(json_of(&missing)["error"].is_string());
+    assert!(stdout_json(&missing)["error"].is_string());
 
-    let logs = json_of(&daemon.ctl(&["logs", "--json", "--tail", "5"]));
+    let logs = stdout_json(&daemon.ctl(&["logs", "--json", "--tail", "5"]));
     assert_eq!(logs["lines"].as_array().unwrap().len(), 5);
 
-    let bye = json_of(&daemon.ctl(&["disconnect", "--json", "box"]));
+    let bye = stdout_json(&daemon.ctl(&["disconnect", "--json", "box"]));
     assert_eq!(bye["was_connected"], true);
     let stop = daemon.ctl(&["stop", "--json"]);
-    assert_eq!(json_of(&stop)["stopped"], true);
+    assert_eq!(stdout_json(&stop)["stopped"], true);
 
     // Nothing running now: status says so (3), in JSON too, and never starts a daemon.
     let status = daemon.ctl(&["status", "--json"]);
     assert_eq!(status.status.code(), Some(3));
-    assert_eq!(json_of(&status)["running"], false);
+    assert_eq!(stdout_json(&status)["running"], false);
     let reload = ctl_at(&daemon.socket, &daemon.config, &["reload", "--json"]);
     assert_eq!(reload.status.code(), Some(3));
     assert!(
-        json_of(&reload)["error"]
+        stdout_json(&reload)["error"]
             .as_str()
             .unwrap()
             .contains("not running")

@@ -12,7 +12,7 @@ use mcp_ssh_tests::{Daemon, Sshd, SshdOptions, join_all, login_user};
 use serde_json::{Value, json};
 use tonic::Code;
 
-use crate::common::{eventually, processes_matching, unique_token};
+use crate::common::{eventually, processes_matching, stdout_json, unique_token};
 use crate::transfer::{Step, assert_cut_transfers_leave_nothing};
 
 /// A host entry reaching `sshd` through `proxy`, with short keepalive and connect deadlines.
@@ -198,7 +198,7 @@ async fn fifty_calls_from_five_shims_should_share_ten_sessions() {
         assert_eq!(value["stdout"], format!("{i}\n"), "{result:?}");
     }
     let out = daemon.ctl(&["status", "--json"]);
-    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status = stdout_json(&out);
     assert_eq!(status["hosts"][0]["channels_in_use"], 0, "{status}");
     let shims = status["clients"]
         .as_array()
@@ -312,7 +312,7 @@ async fn calls_dropped_as_they_start_should_leave_no_remote_process() {
     );
     assert!(eventually(Duration::from_secs(5), || {
         let out = daemon.ctl(&["status", "--json"]);
-        let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let status = stdout_json(&out);
         status["calls_in_flight"] == 0 && status["hosts"][0]["channels_in_use"] == 0
     }));
 }

@@ -12,14 +12,11 @@ use mcp_ssh_tests::sshd::{Sshd, login_user};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use crate::common::eventually;
+use crate::common::{eventually, stdout_json};
 
 fn ctl_json(daemon: &Daemon, args: &[&str]) -> (Option<i32>, Value) {
     let out = daemon.ctl(args);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("mcp-sshctl {args:?} printed no JSON ({e}): {stdout}"));
-    (out.status.code(), value)
+    (out.status.code(), stdout_json(&out))
 }
 
 fn names(value: &Value) -> Vec<String> {

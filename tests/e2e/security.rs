@@ -4,7 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 
 use mcp_ssh_tests::daemon::{Daemon, ctl_at, hosts_json};
-use mcp_ssh_tests::shim::{Shim, is_error, text};
+use mcp_ssh_tests::shim::{Shim, is_error, structured, text};
 use mcp_ssh_tests::{Sshd, SshdOptions, is_root, login_user};
 use serde_json::{Value, json};
 
@@ -12,10 +12,6 @@ use crate::common::unique_token;
 
 async fn shim_for(daemon: &Daemon) -> Shim {
     Shim::attach(daemon, "e2e-client").await
-}
-
-fn structured(result: &rmcp::model::CallToolResult) -> Value {
-    result.structured_content.clone().unwrap_or(Value::Null)
 }
 
 fn audit_records(path: &std::path::Path) -> Vec<Value> {

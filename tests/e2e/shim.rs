@@ -5,16 +5,12 @@ use std::time::Duration;
 
 use mcp_ssh_tests::bins::bin;
 use mcp_ssh_tests::daemon::{Daemon, hosts_json};
-use mcp_ssh_tests::shim::{Shim, ShimOptions, is_error, text, tool_result};
+use mcp_ssh_tests::shim::{Shim, ShimOptions, is_error, structured, text, tool_result};
 use mcp_ssh_tests::{Sshd, login_user};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::common::{eventually, processes_matching, unique_token};
-
-fn structured(result: &rmcp::model::CallToolResult) -> Value {
-    result.structured_content.clone().unwrap_or(Value::Null)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conversation_should_list_tools_and_run_every_tool() {

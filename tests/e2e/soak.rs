@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mcp_ssh_tests::daemon::hosts_json;
-use mcp_ssh_tests::shim::{Shim, is_error};
+use mcp_ssh_tests::shim::{Shim, is_error, structured};
 use mcp_ssh_tests::{Daemon, Sshd, SshdOptions, join_all, login_user};
 use serde_json::{Value, json};
 
-use crate::common::{eventually, processes_matching, unique_token};
+use crate::common::{eventually, processes_matching, stdout_json, unique_token};
 use crate::transfer::{leftovers, random_file, shared_dir};
 
 const SHIMS: usize = 3;
@@ -46,10 +46,6 @@ fn footprint(pid: u32) -> (u64, usize) {
         .map(|d| d.count())
         .unwrap_or(0);
     (rss, fds)
-}
-
-fn structured(result: &rmcp::model::CallToolResult) -> Value {
-    result.structured_content.clone().unwrap_or(Value::Null)
 }
 
 /// One call, chosen by `n`; panics with the result when it did not behave.
@@ -171,9 +167,7 @@ async fn soak() {
             .collect(),
     )
     .await;
-    let status = |daemon: &Daemon| -> Value {
-        serde_json::from_slice(&daemon.ctl(&["status", "--json"]).stdout).unwrap()
-    };
+    let status = |daemon: &Daemon| -> Value { stdout_json(&daemon.ctl(&["status", "--json"])) };
     let pid = status(&daemon)["pid"].as_u64().unwrap() as u32;
 
     let next = Arc::new(AtomicUsize::new(0));

@@ -9,16 +9,12 @@ use std::time::Duration;
 use mcp_ssh_proto::pb::{self, transfer_event};
 use mcp_ssh_tests::daemon::{Daemon, hosts_json};
 use mcp_ssh_tests::rpc::run;
-use mcp_ssh_tests::shim::{Shim, ShimOptions, is_error, text, tool_result};
+use mcp_ssh_tests::shim::{Shim, ShimOptions, is_error, structured, text, tool_result};
 use mcp_ssh_tests::{Sshd, SshdOptions, is_root, login_user};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 use crate::common::eventually;
-
-fn structured(result: &rmcp::model::CallToolResult) -> Value {
-    result.structured_content.clone().unwrap_or(Value::Null)
-}
 
 /// A directory both the test and the SSH login user can write ("remote" side).
 pub(crate) fn shared_dir() -> tempfile::TempDir {

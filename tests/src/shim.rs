@@ -145,6 +145,14 @@ impl Shim {
     }
 }
 
+/// The structured content of a tool result (`null` when it has none).
+pub fn structured(result: &CallToolResult) -> serde_json::Value {
+    result
+        .structured_content
+        .clone()
+        .unwrap_or(serde_json::Value::Null)
+}
+
 /// The text of a tool result.
 pub fn text(result: &CallToolResult) -> String {
     result

@@ -64,12 +64,17 @@ pub fn login_user() -> String {
         }
         TEST_USER.to_string()
     } else {
-        nix::unistd::User::from_uid(nix::unistd::getuid())
-            .ok()
-            .flatten()
-            .map(|u| u.name)
-            .unwrap_or_else(|| std::env::var("USER").unwrap_or_default())
+        current_user()
     }
+}
+
+/// The name of the user running this process.
+pub fn current_user() -> String {
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| std::env::var("USER").unwrap_or_default())
 }
 
 fn keygen(path: &Path) {

@@ -30,6 +30,8 @@ impl Service {
         let caller = self.registry.caller(peer(&req).map(|p| p.conn_id));
         let req = req.into_inner();
         let host = self.registry.host(&req.host)?;
+        // One view of the host's settings for the whole call, even if a reload lands meanwhile.
+        let config = host.config();
         let local = PathBuf::from(&req.local_path);
         if !local.is_absolute() {
             return Err(Error::InvalidArgument(format!(
@@ -45,13 +47,13 @@ impl Service {
             local,
             remote: req.remote_path.clone(),
             verify: req.verify,
-            idle_timeout: host.config().transfer_timeout,
+            idle_timeout: config.transfer_timeout,
         };
         let audit = self.registry.audit.clone();
         let mut record = Record {
             action: if upload { "upload" } else { "download" },
             outcome: "ok",
-            host: Some(host.config().name.clone()),
+            host: Some(config.name.clone()),
             client: caller.clone(),
             local_path: Some(req.local_path),
             remote_path: Some(req.remote_path),

@@ -302,6 +302,8 @@ impl pb::exec_server::Exec for Service {
             )
             .into());
         }
+        // One view of the host's settings for the whole call, even if a reload lands meanwhile.
+        let config = host.config();
         let audit = self.registry.audit.clone();
         let batch = req.batch.map(|b| BatchRef {
             id: b.id,
@@ -311,7 +313,7 @@ impl pb::exec_server::Exec for Service {
         let record = |action, outcome| Record {
             action,
             outcome,
-            host: Some(host.config().name.clone()),
+            host: Some(config.name.clone()),
             client: caller.clone(),
             command: Some(req.command.clone()),
             cwd: (!req.cwd.is_empty()).then(|| req.cwd.clone()),
@@ -319,13 +321,13 @@ impl pb::exec_server::Exec for Service {
             ..Record::default()
         };
         // allowed_commands: the same rule for every way a command reaches a host.
-        let command = match &host.config().policy {
+        let command = match &config.policy {
             None => req.command.clone(),
             Some(policy) => match policy.check(&req.command) {
                 Ok(requoted) => requoted,
                 Err(refusal) => {
                     let error = Error::Refused {
-                        host: host.config().name.clone(),
+                        host: config.name.clone(),
                         reason: refusal.to_string(),
                         allowed: policy.describe(),
                     };
@@ -337,11 +339,11 @@ impl pb::exec_server::Exec for Service {
                 }
             },
         };
-        tracing::debug!(host = %host.config().name, command = %audit.scrub(&command), "exec");
+        tracing::debug!(host = %config.name, command = %audit.scrub(&command), "exec");
         audit.record(record("command_started", "started"));
         let finished = record("command_finished", "ok");
         let idle_timeout = match req.timeout_secs {
-            0 => host.config().command_timeout,
+            0 => config.command_timeout,
             secs => Duration::from_secs(u64::from(secs)),
         };
         let exec = ExecRequest {

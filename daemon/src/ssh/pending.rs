@@ -48,11 +48,14 @@ impl PendingStore {
         }
     }
 
-    fn change(&self, host: &str, f: impl FnOnce(&mut BTreeSet<String>)) {
+    /// Applies `f` to `host`'s set; the file is rewritten only when `f` says it changed it.
+    fn change(&self, host: &str, f: impl FnOnce(&mut BTreeSet<String>) -> bool) {
         let mut map = lock(&self.map);
-        f(map.entry(host.to_string()).or_default());
+        let changed = f(map.entry(host.to_string()).or_default());
         map.retain(|_, paths| !paths.is_empty());
-        self.save(&map);
+        if changed {
+            self.save(&map);
+        }
     }
 
     /// Writes the list beside the socket (temporary file, then rename); removes it when empty.
@@ -84,7 +87,7 @@ pub struct PendingTemps {
 }
 
 impl Default for PendingTemps {
-    /// In memory only (tests).
+    /// In memory only, for transfers that leave nothing on the host (downloads).
     fn default() -> PendingTemps {
         Arc::new(PendingStore::default()).for_host("")
     }
@@ -92,30 +95,29 @@ impl Default for PendingTemps {
 
 impl PendingTemps {
     pub fn add(&self, path: &str) {
-        self.store.change(&self.host, |paths| {
-            paths.insert(path.to_string());
-        });
+        self.store
+            .change(&self.host, |paths| paths.insert(path.to_string()));
     }
 
     pub fn done(&self, path: &str) {
-        self.store.change(&self.host, |paths| {
-            paths.remove(path);
-        });
+        self.store.change(&self.host, |paths| paths.remove(path));
     }
 
     pub fn take(&self) -> Vec<String> {
         let mut taken = Vec::new();
         self.store.change(&self.host, |paths| {
-            taken = std::mem::take(paths).into_iter().collect()
+            taken = std::mem::take(paths).into_iter().collect();
+            !taken.is_empty()
         });
         taken
     }
 
     pub fn restore(&self, paths: Vec<String>) {
-        if paths.is_empty() {
-            return;
-        }
-        self.store.change(&self.host, |kept| kept.extend(paths));
+        self.store.change(&self.host, |kept| {
+            let before = kept.len();
+            kept.extend(paths);
+            kept.len() != before
+        });
     }
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use mcp_ssh_tests::shim::{Shim, is_error, text};
-use mcp_ssh_tests::sshd::Sshd;
+use mcp_ssh_tests::sshd::{Sshd, current_user};
 use serde_json::{Value, json};
 
 fn main() -> ExitCode {
@@ -58,14 +58,6 @@ fn bin_dir() -> Result<PathBuf, String> {
     }
 }
 
-fn whoami() -> String {
-    nix::unistd::User::from_uid(nix::unistd::getuid())
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_else(|| std::env::var("USER").unwrap_or_else(|_| "root".into()))
-}
-
 /// Prints a tool result the way a client shows it to the model: its text, indented.
 fn show(result: &rmcp::model::CallToolResult) {
     let marker = if is_error(result) { "← error" } else { "←" };
@@ -99,7 +91,7 @@ async fn demo(bins: &Path) {
     program("mcp-sshd");
 
     let sshd = Sshd::start();
-    let user = whoami();
+    let user = current_user();
     let work = tempfile::Builder::new()
         .prefix("mcp-ssh-demo-")
         .tempdir()
