@@ -18,7 +18,9 @@ use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("Config file not found: {0}")]
+    #[error(
+        "Config file not found: {0} (create it, e.g. from hosts.example.json, or give its absolute path with --config)"
+    )]
     NotFound(PathBuf),
     #[error("cannot read config file {path}: {source}")]
     Read {
@@ -580,7 +582,11 @@ mod tests {
         let err = Config::load(Path::new("/nonexistent/hosts.json"))
             .unwrap_err()
             .to_string();
-        assert_eq!(err, "Config file not found: /nonexistent/hosts.json");
+        assert_eq!(
+            err,
+            "Config file not found: /nonexistent/hosts.json (create it, e.g. from \
+             hosts.example.json, or give its absolute path with --config)"
+        );
     }
 
     #[test]
