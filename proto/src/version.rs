@@ -6,11 +6,11 @@
 /// Major protocol version: the `v1` in `mcpssh.v1`.
 pub const PROTO_MAJOR: u32 = 1;
 /// Minor protocol version: bumped for additive changes.
-pub const PROTO_MINOR: u32 = 2;
+pub const PROTO_MINOR: u32 = 3;
 /// The version of this build of mcp-ssh.
 pub const PACKAGE_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Optional features the daemon advertises in `HelloReply.capabilities`.
-pub const CAPABILITIES: &[&str] = &["exec", "probe", "disconnect", "reload", "watch-config"];
+pub const CAPABILITIES: &[&str] = &["exec", "probe", "disconnect", "reload", "watch-config", "jobs"];
 
 /// Whether a peer speaking `peer_major` can talk to this build.
 pub fn is_compatible(peer_major: u32) -> bool {

@@ -79,6 +79,7 @@ fn host_state(s: HostSnapshot) -> pb::HostState {
         host_key_fingerprint: s.host_key_fingerprint,
         connections_opened: s.connections_opened,
         restricted: s.restricted,
+        jobs_running: 0,
     }
 }
 
@@ -143,6 +144,7 @@ impl pb::daemon_server::Daemon for Service {
             client_id,
             config_path: self.registry.config_path.display().to_string(),
             max_output_bytes: self.registry.settings().max_output_bytes,
+            job_retention_secs: 0,
         }))
     }
 
@@ -169,6 +171,8 @@ impl pb::daemon_server::Daemon for Service {
             config_loaded_at_unix_ms: unix_ms(settings.loaded_at),
             config_error: settings.reload_error.unwrap_or_default(),
             calls_in_flight: r.calls_in_flight(),
+            jobs_known: 0,
+            jobs_running: 0,
         }))
     }
 
