@@ -21,26 +21,49 @@ if ! command -v cargo >/dev/null; then
   echo "mcp-ssh is built with Rust's cargo, which is not installed: see https://rustup.rs" >&2
   exit 1
 fi
-# One target directory for the installs and the demo, so shared crates build once.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 
-echo "==> installing mcp-sshd, mcp-ssh-shim and mcp-sshctl (release build; a few minutes the first time)"
-cargo install --locked --quiet --force --path daemon
-cargo install --locked --quiet --force --path shim
+# One release build of the three programs and the demo together: one feature resolution, so no
+# crate is compiled twice (separate `cargo install`s and a debug build of the demo compiled the
+# shared ones up to three times).
+packages=(-p mcp-ssh-daemon -p mcp-ssh-shim --bin mcp-sshd --bin mcp-ssh-shim --bin mcp-sshctl)
+[ "$demo" = yes ] && packages+=(-p mcp-ssh-tests --bin mcp-ssh-demo)
+if [ -x "$CARGO_TARGET_DIR/release/mcp-sshd" ]; then
+  echo "==> building mcp-sshd, mcp-ssh-shim and mcp-sshctl (release)"
+else
+  echo "==> building mcp-sshd, mcp-ssh-shim and mcp-sshctl (release; the first build takes 10 to 20 minutes on 2 cores, a few on 8)"
+fi
+cargo build --release --locked --quiet "${packages[@]}"
+
 bin_dir="${CARGO_INSTALL_ROOT:-${CARGO_HOME:-$HOME/.cargo}}/bin"
+mkdir -p "$bin_dir"
+for program in mcp-sshd mcp-ssh-shim mcp-sshctl; do
+  # Through a rename, as cargo install does: a running daemon or shim keeps its binary.
+  cp "$CARGO_TARGET_DIR/release/$program" "$bin_dir/.$program.install-tmp"
+  mv -f "$bin_dir/.$program.install-tmp" "$bin_dir/$program"
+done
 echo "    installed in $bin_dir"
 case ":$PATH:" in
   *":$bin_dir:"*) ;;
   *) echo "    note: $bin_dir is not on your PATH; add it (e.g. in ~/.profile) to run mcp-sshctl by name" ;;
 esac
 
+# The JSON Schema beside hosts.json, where the README puts it, so that the "$schema":
+# "./hosts.schema.json" of a copied hosts.example.json still resolves and editors validate it.
+# Only the schema is written (replaced by this version's); a hosts.json is never touched.
+config_dir="${XDG_CONFIG_HOME:-$HOME/.config}/mcp-ssh"
+[ -d "$config_dir" ] || mkdir -p -m 700 "$config_dir"
+cp hosts.schema.json "$config_dir/.hosts.schema.json.tmp"
+mv -f "$config_dir/.hosts.schema.json.tmp" "$config_dir/hosts.schema.json"
+echo "    JSON Schema for editors: $config_dir/hosts.schema.json"
+
 [ "$demo" = yes ] || exit 0
 
 # The demo runs a real OpenSSH server.
 if ! [ -x /usr/sbin/sshd ] && ! [ -x /usr/local/sbin/sshd ] && ! [ -x /usr/bin/sshd ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "==> installing openssh-server for the demo (its service is not enabled by this script)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null
+    echo "==> installing openssh-server for the demo (the demo runs its own sshd; no system sshd is started)"
+    bash tests/apt-install.sh openssh-server
   else
     echo "The demo needs OpenSSH's server program (sshd), which is not installed." >&2
     echo "Install it (e.g. sudo apt-get install openssh-server, or sudo dnf install openssh-server)," >&2
@@ -55,4 +78,4 @@ fi
 
 echo "==> running the demo"
 echo
-cargo run --locked --quiet -p mcp-ssh-tests --bin mcp-ssh-demo -- --bin-dir "$bin_dir"
+"$CARGO_TARGET_DIR/release/mcp-ssh-demo" --bin-dir "$bin_dir"

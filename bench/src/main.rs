@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use mcp_ssh_tests::daemon::{Daemon, hosts_json, stop_by_lock_file};
-use mcp_ssh_tests::shim::{Shim, ShimOptions, is_error, text};
+use mcp_ssh_tests::shim::{Shim, ShimOptions, is_error, structured, text};
 use mcp_ssh_tests::{Sshd, SshdOptions, login_user};
 use serde_json::{Value, json};
 
@@ -537,6 +537,95 @@ async fn concurrency(b: &mut Bench) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Figure 6, jobs: starting one (→ job id) and reading a running one's output, against
+/// `ssh_execute echo hi` in the same run; then 50 jobs started at once from 5 shims.
+async fn jobs(b: &mut Bench, daemon: &Daemon) -> anyhow::Result<()> {
+    let s = shim(daemon, "bench-jobs").await;
+    execute(&s, "box", "true").await?; // connect
+    let runs = b.n(100);
+    let (mut start, mut output, mut echo) = (Vec::new(), Vec::new(), Vec::new());
+    let mut ids = Vec::new();
+    for _ in 0..runs {
+        echo.push(ms(execute(&s, "box", "echo hi").await?));
+        let started = Instant::now();
+        let result = s
+            .call(
+                "ssh_job_start",
+                json!({ "host": "box", "command": "sleep 60", "wait": 0 }),
+            )
+            .await;
+        start.push(ms(started.elapsed()));
+        if is_error(&result) {
+            bail!("ssh_job_start failed: {}", text(&result));
+        }
+        let id = structured(&result)["job"]
+            .as_str()
+            .context("ssh_job_start gave no job id")?
+            .to_string();
+        let started = Instant::now();
+        let result = s.call("ssh_job_output", json!({ "job": id })).await;
+        output.push(ms(started.elapsed()));
+        if is_error(&result) {
+            bail!("ssh_job_output failed: {}", text(&result));
+        }
+        ids.push(id);
+    }
+    let echo50 = percentile(&mut echo, 0.5);
+    b.row(
+        "ssh_job_start → job id p50 vs ssh_execute `echo hi` p50",
+        "ms",
+        percentile(&mut start, 0.5),
+        Some(echo50),
+        format!("{runs} jobs; the reference column is our own ssh_execute (target ≤ 2×)"),
+    );
+    b.row(
+        "ssh_job_output of a running job p50 vs ssh_execute `echo hi` p50",
+        "ms",
+        percentile(&mut output, 0.5),
+        Some(echo50),
+        "target ≤ 1.5×",
+    );
+    let mut shims = vec![s];
+    for i in 1..5 {
+        shims.push(shim(daemon, &format!("bench-jobs{i}")).await);
+    }
+    let per_shim = if b.smoke { 2 } else { 10 };
+    let mut pending = Vec::new();
+    for s in &shims {
+        for _ in 0..per_shim {
+            pending.push(s.call(
+                "ssh_job_start",
+                json!({ "host": "box", "command": "sleep 60", "wait": 0 }),
+            ));
+        }
+    }
+    let total = pending.len();
+    let started = Instant::now();
+    let mut failures = 0usize;
+    for result in mcp_ssh_tests::join_all(pending).await {
+        match structured(&result)["job"].as_str() {
+            Some(id) if !is_error(&result) => ids.push(id.to_string()),
+            _ => failures += 1,
+        }
+    }
+    b.row(
+        format!("{total} ssh_job_start at once from 5 shims"),
+        "ms",
+        ms(started.elapsed()),
+        None,
+        format!("{failures} failures"),
+    );
+    let kills = ids
+        .iter()
+        .map(|id| shims[0].call("ssh_job_kill", json!({ "job": id, "signal": "KILL" })));
+    for result in mcp_ssh_tests::join_all(kills.collect()).await {
+        if is_error(&result) {
+            bail!("ssh_job_kill failed: {}", text(&result));
+        }
+    }
+    Ok(())
+}
+
 /// Figure 5, memory: the daemon with 10 hosts connected, and one shim.
 async fn memory(b: &mut Bench) -> anyhow::Result<()> {
     let daemon = Daemon::start(&config_for(&b.sshd, &b.user, 10));
@@ -648,6 +737,7 @@ async fn main() -> anyhow::Result<()> {
     warm_exec(&mut b, &daemon).await?;
     startup(&mut b, &daemon).await?;
     transfers(&mut b, &daemon).await?;
+    jobs(&mut b, &daemon).await?;
     drop(daemon);
     concurrency(&mut b).await?;
     memory(&mut b).await?;

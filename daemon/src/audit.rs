@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
-use crate::ssh::connection::lock;
+use crate::sync::lock;
 
 const REDACTED: &str = "[REDACTED]";
 
@@ -45,6 +45,8 @@ pub struct Record {
     pub host: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client: Option<ClientRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

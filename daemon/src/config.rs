@@ -76,8 +76,35 @@ struct RawConfig {
     #[serde(default = "default_max_output_bytes")]
     #[schemars(range(min = 1024, max = 1048576))]
     max_output_bytes: u64,
+    /// How long finished jobs (ssh_job_start) are kept, with their output on the host, before
+    /// their job directory is removed: seconds, or a duration such as "7d", "12h", "30m".
+    #[serde(default)]
+    job_retention: Option<RawDuration>,
     /// The hosts the AI may reach.
     hosts: Vec<RawHost>,
+}
+
+/// A duration in hosts.json: seconds, or text such as "7d" or "90m".
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+enum RawDuration {
+    Seconds(u64),
+    Text(String),
+}
+
+impl RawDuration {
+    fn parse(&self, field: &str) -> Result<Duration, String> {
+        let d = match self {
+            RawDuration::Seconds(secs) => Duration::from_secs(*secs),
+            RawDuration::Text(text) => humantime::parse_duration(text).map_err(|e| {
+                format!("{field}: {text:?} is not a duration ({e}); write e.g. \"7d\" or \"12h\"")
+            })?,
+        };
+        if d < Duration::from_secs(1) {
+            return Err(format!("{field} must be at least 1 second"));
+        }
+        Ok(d)
+    }
 }
 
 /// One host.
@@ -217,6 +244,8 @@ pub const CIPHERS: &[&str] = &[
     "aes128-ctr",
 ];
 
+/// How long finished jobs are kept by default.
+pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How much of each output stream (stdout, stderr) a tool result keeps, by default and at most.
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 32 * 1024;
 pub const HARD_MAX_OUTPUT_BYTES: u64 = 1024 * 1024;
@@ -228,6 +257,8 @@ pub struct Config {
     pub log_level: LogLevel,
     pub audit_log_file: Option<PathBuf>,
     pub max_output_bytes: u32,
+    /// How long finished jobs are kept.
+    pub job_retention: Duration,
     pub hosts: Vec<HostConfig>,
     /// Problems worth telling the user about that do not stop the daemon.
     pub warnings: Vec<String>,
@@ -356,6 +387,10 @@ impl Config {
                 raw.max_output_bytes
             )));
         }
+        let job_retention = match &raw.job_retention {
+            Some(raw) => raw.parse("job_retention").map_err(invalid)?,
+            None => DEFAULT_JOB_RETENTION,
+        };
         let mut seen = HashSet::new();
         let mut hosts = Vec::with_capacity(raw.hosts.len());
         for (index, host) in raw.hosts.into_iter().enumerate() {
@@ -376,6 +411,7 @@ impl Config {
             log_level: raw.log_level,
             audit_log_file: raw.audit_log_file.as_deref().map(expand_tilde),
             max_output_bytes: u32::try_from(raw.max_output_bytes).unwrap_or(u32::MAX),
+            job_retention,
             hosts,
             warnings: Vec::new(),
         })
@@ -383,6 +419,26 @@ impl Config {
 
     pub fn host(&self, name: &str) -> Option<&HostConfig> {
         self.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// What would fail at the first connection although the file itself is valid: files it
+    /// names that are not there. `--check-config` reports these; the daemon still starts (the
+    /// file may appear later, e.g. a key on a mounted volume).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for host in &self.hosts {
+            if let Some(key) = &host.identity_file
+                && !key.exists()
+            {
+                problems.push(format!(
+                    "host {}: identity_file {} does not exist (fix the path, or remove the field to \
+                     use ssh-agent and the default keys)",
+                    host.name,
+                    key.display()
+                ));
+            }
+        }
+        problems
     }
 }
 

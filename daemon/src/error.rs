@@ -31,6 +31,12 @@ pub enum Error {
     },
     #[error("{0}")]
     Incompatible(String),
+    #[error("no job {0:?} (ssh_jobs lists the jobs; ids look like host/1a2b3c)")]
+    UnknownJob(String),
+    #[error("job {0} is still running: kill it first (ssh_job_kill)")]
+    JobRunning(String),
+    #[error("{0}")]
+    JobFailed(String),
     #[error(
         "host {host} is unreachable: {reason} ({} s ago); mcp-sshd tries again in {} s (or now, after ssh_disconnect)",
         ago.as_secs(), retry_in.as_secs().max(1)
@@ -56,7 +62,9 @@ impl From<Error> for Status {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::Refused { .. } => Code::PermissionDenied,
             Error::ShuttingDown | Error::Unreachable { .. } => Code::Unavailable,
-            Error::Incompatible(_) => Code::FailedPrecondition,
+            Error::Incompatible(_) | Error::JobRunning(_) => Code::FailedPrecondition,
+            Error::UnknownJob(_) => Code::NotFound,
+            Error::JobFailed(_) => Code::Aborted,
             Error::Ssh(ssh) => match ssh.as_ref() {
                 SshError::Connect { .. }
                 | SshError::ConnectTimeout { .. }
@@ -70,7 +78,9 @@ impl From<Error> for Status {
                 | SshError::LoginShell { .. } => Code::FailedPrecondition,
                 SshError::AuthFailed { .. } => Code::Unauthenticated,
                 SshError::ChannelOpen { .. } => Code::ResourceExhausted,
-                SshError::InactivityTimeout { .. } => Code::DeadlineExceeded,
+                SshError::InactivityTimeout { .. } | SshError::HostTimeout { .. } => {
+                    Code::DeadlineExceeded
+                }
                 SshError::Cancelled { .. } => Code::Cancelled,
                 SshError::Transfer { kind, .. } => match kind {
                     TransferKind::NotFound => Code::NotFound,

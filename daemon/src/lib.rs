@@ -4,11 +4,14 @@
 pub mod audit;
 pub mod config;
 pub mod error;
+pub mod jobs;
 pub mod listener;
 pub mod policy;
 pub mod registry;
 pub mod service;
 pub mod ssh;
+mod state_file;
+mod sync;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -110,13 +113,19 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), Daemo
             as Arc<dyn Fn(u64) + Send + Sync>
     };
     let incoming = listener::accept_own_uid(listener, detach);
-    let (daemon, hosts, exec, files) = service::Service::new(registry.clone()).servers();
+    let mut jobs_file = socket_path.clone().into_os_string();
+    jobs_file.push(".jobs.json");
+    let jobs = jobs::Jobs::open(registry.clone(), Some(PathBuf::from(jobs_file)));
+    jobs.spawn_monitor(registry.shutdown_requested.clone());
+    let (daemon, hosts, exec, files, job_service) =
+        service::Service::new(registry.clone(), jobs).servers();
     let stop_accepting = registry.shutdown_requested.clone();
     let server = tonic::transport::Server::builder()
         .add_service(daemon)
         .add_service(hosts)
         .add_service(exec)
         .add_service(files)
+        .add_service(job_service)
         .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
     let mut server = tokio::spawn(server);
     // Type=notify services: ready once the server is accepting (a no-op without NOTIFY_SOCKET).

@@ -65,14 +65,22 @@ fn real_main() -> anyhow::Result<()> {
     if args.check_config {
         let path = paths::resolve_config(args.config.as_deref());
         let config = Config::load(&path)?;
+        for warning in &config.warnings {
+            println!("warning: {warning}");
+        }
+        let problems = config.problems();
+        if !problems.is_empty() {
+            anyhow::bail!(
+                "{} is valid JSON for mcp-ssh, but:\n  {}",
+                path.display(),
+                problems.join("\n  ")
+            );
+        }
         println!(
             "{} is valid: {} host(s)",
             path.display(),
             config.hosts.len()
         );
-        for warning in &config.warnings {
-            println!("warning: {warning}");
-        }
         return Ok(());
     }
     if args.detach {

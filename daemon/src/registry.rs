@@ -12,10 +12,11 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{Audit, ClientRef, Record};
 use crate::config::{Config, ConfigError, HostConfig, LogLevel};
 use crate::error::Error;
-use crate::ssh::connection::lock;
+use crate::ssh::connection::OpenChannel;
 use crate::ssh::pending::{PendingStore, PendingTemps};
 use crate::ssh::transfer::{self, Progress, TransferOutcome, TransferSpec};
 use crate::ssh::{self, Connection, ExecOutcome, ExecRequest, Output};
+use crate::sync::lock;
 
 /// Connection state as shown to users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,6 +285,19 @@ impl HostEntry {
         shutdown: &CancellationToken,
         on_started: impl FnOnce(bool),
     ) -> Result<ExecOutcome, Error> {
+        let (conn, channel, connected_now) = self.work_channel(caller).await?;
+        on_started(connected_now);
+        ssh::exec::run(&conn, channel, req, sink, shutdown)
+            .await
+            .map_err(Error::from)
+    }
+
+    /// A work channel on this host's connection, connecting first if needed. The bool is true
+    /// when this call opened the connection.
+    async fn work_channel(
+        &self,
+        caller: &Option<ClientRef>,
+    ) -> Result<(Arc<Connection>, OpenChannel, bool), Error> {
         let (mut conn, mut connected_now) = self.connection(caller).await?;
         let channel = match conn.open_work_channel().await {
             Ok(channel) => channel,
@@ -296,8 +310,19 @@ impl HostEntry {
             }
             Err(e) => return Err(e.into()),
         };
-        on_started(connected_now);
-        ssh::exec::run(&conn, channel, req, sink, shutdown)
+        Ok((conn, channel, connected_now))
+    }
+
+    /// Runs one of the daemon's own scripts (not a user's command: no policy applies) on this
+    /// host and collects its output, within `deadline`.
+    pub async fn run_script(
+        &self,
+        caller: &Option<ClientRef>,
+        script: &str,
+        deadline: Duration,
+    ) -> Result<ssh::job::Captured, Error> {
+        let (conn, channel, _) = self.work_channel(caller).await?;
+        ssh::job::capture(&conn, channel, script, deadline)
             .await
             .map_err(Error::from)
     }
@@ -360,7 +385,14 @@ impl HostEntry {
             state: status.state,
             since: status.since,
             channels_in_use: 0,
-            channel_limit: cfg.max_sessions,
+            // What a connection's work budget starts at (`Connection`: one session of
+            // `max_sessions` is kept for stopping commands), so the limit reads the same before
+            // and after connecting.
+            channel_limit: if cfg.max_sessions >= 2 {
+                cfg.max_sessions - 1
+            } else {
+                cfg.max_sessions
+            },
             last_error: status.last_error.clone(),
             server_version: String::new(),
             host_key_fingerprint: String::new(),
@@ -417,6 +449,7 @@ pub struct ClientRecord {
 pub struct Settings {
     pub warnings: Vec<String>,
     pub max_output_bytes: u32,
+    pub job_retention: Duration,
     /// 1 for the configuration loaded at startup, +1 per successful reload.
     pub generation: u64,
     pub loaded_at: SystemTime,
@@ -487,6 +520,7 @@ impl Registry {
         let settings = Settings {
             warnings: config.warnings,
             max_output_bytes: config.max_output_bytes,
+            job_retention: config.job_retention,
             generation: 1,
             loaded_at: SystemTime::now(),
             reload_error: None,
@@ -620,6 +654,7 @@ impl Registry {
         }
         settings.warnings = warnings.clone();
         settings.max_output_bytes = config.max_output_bytes;
+        settings.job_retention = config.job_retention;
         settings.generation += 1;
         settings.loaded_at = SystemTime::now();
         settings.reload_error = None;
@@ -662,7 +697,7 @@ impl Registry {
     pub fn attach_client(&self, mut record: ClientRecord) -> u64 {
         let id = self.next_client_id.fetch_add(1, Ordering::Relaxed);
         record.id = id;
-        tracing::info!(client = %record.name, pid = record.pid, "client attached");
+        tracing::debug!(client = %record.name, pid = record.pid, "client attached");
         lock(&self.clients).insert(id, record);
         id
     }
@@ -672,7 +707,7 @@ impl Registry {
         lock(&self.clients).retain(|_, c| {
             let keep = c.conn_id != conn_id;
             if !keep {
-                tracing::info!(client = %c.name, pid = c.pid, "client detached");
+                tracing::debug!(client = %c.name, pid = c.pid, "client detached");
             }
             keep
         });

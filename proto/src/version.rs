@@ -10,7 +10,14 @@ pub const PROTO_MINOR: u32 = 3;
 /// The version of this build of mcp-ssh.
 pub const PACKAGE_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Optional features the daemon advertises in `HelloReply.capabilities`.
-pub const CAPABILITIES: &[&str] = &["exec", "probe", "disconnect", "reload", "watch-config", "jobs"];
+pub const CAPABILITIES: &[&str] = &[
+    "exec",
+    "probe",
+    "disconnect",
+    "reload",
+    "watch-config",
+    "jobs",
+];
 
 /// Whether a peer speaking `peer_major` can talk to this build.
 pub fn is_compatible(peer_major: u32) -> bool {

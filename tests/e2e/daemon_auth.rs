@@ -4,7 +4,7 @@
 use mcp_ssh_tests::agent::Agent;
 use mcp_ssh_tests::daemon::hosts_json;
 use mcp_ssh_tests::rpc::run;
-use mcp_ssh_tests::{Daemon, Sshd, SshdOptions, is_root, login_user};
+use mcp_ssh_tests::{Daemon, Sshd, SshdOptions, is_root, login_user, test_password};
 use tonic::Code;
 
 /// A daemon whose HOME is empty (no default keys) and with the given agent, if any.
@@ -91,21 +91,19 @@ async fn no_credentials_should_say_what_to_configure() {
     );
 }
 
-/// Set by tests/run.sh for the test user.
-pub const TEST_PASSWORD: &str = "mcp-ssh-test-pw";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_auth_should_work_and_never_echo_the_password() {
     // A non-root sshd cannot check passwords; CI runs as root.
     if !is_root() {
         return;
     }
+    let password = test_password();
     let sshd = Sshd::start_with(SshdOptions {
         password_auth: true,
         ..Default::default()
     });
     let mut good = without_identity(&sshd);
-    good["password"] = TEST_PASSWORD.into();
+    good["password"] = password.as_str().into();
     let mut bad = without_identity(&sshd);
     bad["name"] = "bad".into();
     bad["password"] = "wrong-secret-value".into();
@@ -128,7 +126,7 @@ async fn password_auth_should_work_and_never_echo_the_password() {
     let status = d.ctl(&["status", "--json"]);
     assert!(!String::from_utf8_lossy(&status.stdout).contains("wrong-secret-value"));
     assert!(!d.log_text().contains("wrong-secret-value"));
-    assert!(!d.log_text().contains(TEST_PASSWORD));
+    assert!(!d.log_text().contains(&password));
 }
 
 /// A daemon started without an agent (by a service manager, or from another terminal) uses the

@@ -99,6 +99,31 @@ async fn exec_should_honour_cwd_quoted() {
         "{bad:?}"
     );
     assert!(!std::path::Path::new("/tmp/pwned").exists());
+    // A leading ~ is the remote home (as typed in a shell); nothing else is expanded.
+    let home = run(&client, "box", "echo $HOME", 0).await.stdout_text();
+    for (cwd, want) in [("~", home.clone()), ("~/", home.clone())] {
+        let request = pb::RunRequest {
+            host: "box".into(),
+            command: "pwd -P".into(),
+            cwd: cwd.into(),
+            ..Default::default()
+        };
+        let got = rpc::run_request(&client, request).await;
+        let want = run(&client, "box", &format!("cd {} && pwd -P", want.trim()), 0).await;
+        assert_eq!(
+            got.stdout_text(),
+            want.stdout_text(),
+            "cwd {cwd:?}: {got:?}"
+        );
+    }
+    let request = pb::RunRequest {
+        host: "box".into(),
+        command: "pwd".into(),
+        cwd: "~/$(touch /tmp/pwned-tilde)".into(),
+        ..Default::default()
+    };
+    assert_eq!(rpc::run_request(&client, request).await.code(), Some(1));
+    assert!(!std::path::Path::new("/tmp/pwned-tilde").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -100,3 +100,134 @@ fn doctor_should_flag_an_invalid_config() {
         "{config}"
     );
 }
+
+#[test]
+fn check_config_should_name_a_missing_identity_file() {
+    let sshd = Sshd::start();
+    let mut host = sshd.host("box", &login_user());
+    host["identity_file"] = "/nonexistent/id_ed25519".into();
+    let daemon = Daemon::prepare(&json!({ "hosts": [host] }).to_string());
+    let out = std::process::Command::new(mcp_ssh_tests::bins::bin("mcp-sshd"))
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&daemon.config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("host box: identity_file /nonexistent/id_ed25519 does not exist"),
+        "{said}"
+    );
+}
+
+/// Right after install no daemon runs: doctor checks every host anyway, through a private daemon
+/// it stops afterwards, and every problem comes with a fix that names what to check.
+#[test]
+fn doctor_without_a_daemon_should_check_every_host_and_leave_nothing_running() {
+    let sshd = Sshd::start();
+    let good = sshd.host("good", &login_user());
+    let mut refused = sshd.host("refused", &login_user());
+    let foreign = sshd.foreign_key();
+    refused["identity_file"] = foreign.display().to_string().into();
+    let mut nokey = sshd.host("nokey", &login_user());
+    nokey["identity_file"] = "/nonexistent/id_ed25519".into();
+    // A port that answers, but not SSH.
+    let web = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let web_port = web.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in web.incoming().flatten() {
+            let mut stream = stream;
+            let _ = std::io::Write::write_all(&mut stream, b"HTTP/1.0 200 OK\r\n\r\n");
+        }
+    });
+    let mut http = sshd.host("http", &login_user());
+    http["port"] = web_port.into();
+    let daemon = Daemon::prepare(&json!({ "hosts": [good, refused, nokey, http] }).to_string());
+
+    let out = ctl_at(&daemon.socket, &daemon.config, &["doctor", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "failures give a non-zero exit");
+    let c = checks(&out);
+    assert_eq!(find(&c, "daemon")["level"], "warn");
+    assert_eq!(find(&c, "host good")["level"], "ok", "{c:?}");
+
+    let auth = find(&c, "host refused");
+    assert_eq!(auth["level"], "fail");
+    let detail = auth["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("authentication failed")
+            && detail.contains(&login_user())
+            && detail.contains(&foreign.display().to_string()),
+        "which user and keys were tried: {detail}"
+    );
+    let fix = auth["fix"].as_str().unwrap_or_default();
+    assert!(
+        fix.contains("authorized_keys")
+            && fix.contains("ssh-add -l")
+            && fix.contains(&login_user()),
+        "{fix}"
+    );
+
+    let key = find(&c, "host nokey");
+    assert_eq!(key["level"], "fail");
+    assert!(
+        key["detail"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/id_ed25519"),
+        "{key}"
+    );
+    assert!(
+        key["fix"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("fix the path"),
+        "{key}"
+    );
+
+    let not_ssh = find(&c, "host http");
+    assert_eq!(not_ssh["level"], "fail");
+    let detail = not_ssh["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!(
+            "127.0.0.1:{web_port} answered but does not speak SSH"
+        )) && detail.contains("HTTP/1.0 200 OK"),
+        "{detail}"
+    );
+    assert!(
+        not_ssh["fix"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("right port"),
+        "{not_ssh}"
+    );
+    for check in c.iter().filter(|c| c["level"] == "fail") {
+        assert!(
+            check["fix"].as_str().is_some_and(|f| !f.is_empty()),
+            "every problem has a fix: {check}"
+        );
+    }
+
+    // Nothing left behind: not the user's daemon, not doctor's own, not its socket.
+    assert!(
+        !daemon.socket.exists(),
+        "doctor never starts the user's daemon"
+    );
+    let private = find(&c, "private daemon");
+    let detail = private["detail"].as_str().unwrap();
+    assert_eq!(private["level"], "ok", "stopped, not killed: {detail}");
+    let socket = detail
+        .split_whitespace()
+        .find(|w| w.ends_with("d.sock;"))
+        .map(|w| std::path::PathBuf::from(w.trim_end_matches(';')))
+        .unwrap_or_else(|| panic!("no socket named in {detail}"));
+    assert!(!socket.exists(), "{} left behind", socket.display());
+    assert!(
+        !socket.parent().unwrap().exists(),
+        "its directory is removed"
+    );
+    assert!(
+        mcp_ssh_tests::daemons_serving(&socket).is_empty(),
+        "doctor's daemon is stopped"
+    );
+}

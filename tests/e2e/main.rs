@@ -4,6 +4,7 @@
 // Helpers here run only inside tests, where a panic is a test failure with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod budget;
 mod common;
 mod ctl;
 mod daemon_auth;
@@ -12,10 +13,15 @@ mod daemon_hostkeys;
 mod daemon_inputs;
 mod daemon_lifecycle;
 mod doctor;
+mod errors;
 mod faults;
+mod first_minutes;
+mod jobs;
+mod jobs_mcp;
 mod reload;
 mod security;
 mod service;
 mod shim;
+mod shim_results;
 mod soak;
 mod transfer;

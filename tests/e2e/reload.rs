@@ -220,3 +220,33 @@ async fn shims_should_list_host_names_and_hear_when_they_change() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(shim.tools_changed.load(Ordering::SeqCst), before);
 }
+
+/// The first `tools/list` of a session that has to start the daemon already names the hosts;
+/// learning them is not a change to announce (it raced with the watcher of changes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_tools_list_that_starts_the_daemon_should_not_be_followed_by_list_changed() {
+    let sshd = Sshd::start();
+    let user = login_user();
+    // Several fresh sessions, each the one that starts the daemon: the race was a coin toss.
+    for round in 0..3 {
+        let daemon = Daemon::prepare(&hosts_json(&[sshd.host("alpha", &user)]));
+        let shim = Shim::attach(&daemon, &format!("fresh-{round}")).await;
+        let tools = shim.service.list_all_tools().await.unwrap();
+        let execute = tools.iter().find(|t| t.name == "ssh_execute").unwrap();
+        assert!(
+            execute
+                .description
+                .as_deref()
+                .unwrap_or_default()
+                .ends_with("Hosts: alpha."),
+            "{:?}",
+            execute.description
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            shim.tools_changed.load(Ordering::SeqCst),
+            0,
+            "round {round}: notifications/tools/list_changed although nothing changed"
+        );
+    }
+}

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use mcp_ssh_tests::daemon::{Daemon, ctl_at, hosts_json};
 use mcp_ssh_tests::shim::{Shim, is_error, structured, text};
-use mcp_ssh_tests::{Sshd, SshdOptions, is_root, login_user};
+use mcp_ssh_tests::{Sshd, SshdOptions, is_root, login_user, test_password};
 use serde_json::{Value, json};
 
 use crate::common::unique_token;
@@ -252,14 +252,14 @@ async fn passwords_should_never_leave_the_daemon() {
     if !is_root() {
         return;
     }
-    const PASSWORD: &str = crate::daemon_auth::TEST_PASSWORD;
+    let password = test_password();
     let sshd = Sshd::start_with(SshdOptions {
         password_auth: true,
         ..Default::default()
     });
     let mut good = sshd.host("pw", &login_user());
     good.as_object_mut().unwrap().remove("identity_file");
-    good["password"] = PASSWORD.into();
+    good["password"] = password.as_str().into();
     let mut bad = good.clone();
     bad["name"] = "pw-wrong".into();
     bad["password"] = "Wr0ng-S3cret!".into();
@@ -285,7 +285,7 @@ async fn passwords_should_never_leave_the_daemon() {
         ("ssh_status", json!({ "host": "pw" })),
         (
             "ssh_execute",
-            json!({ "host": "pw", "command": format!("echo typed {PASSWORD} here") }),
+            json!({ "host": "pw", "command": format!("echo typed {password} here") }),
         ),
         ("ssh_execute", json!({ "host": "pw", "command": "exit 2" })),
         (
@@ -334,8 +334,8 @@ async fn passwords_should_never_leave_the_daemon() {
     }
     // The user typed it into a command: the command's own output may show it (that is the
     // command's business), but no record of ours may.
-    let ours = produced.replace(&format!("typed {PASSWORD} here\\n"), "");
-    for secret in [PASSWORD, "Wr0ng-S3cret!"] {
+    let ours = produced.replace(&format!("typed {password} here\\n"), "");
+    for secret in [password.as_str(), "Wr0ng-S3cret!"] {
         assert!(
             !ours.contains(secret),
             "{secret} leaked:\n{}",

@@ -29,6 +29,10 @@ async fn conversation_should_list_tools_and_run_every_tool() {
             "ssh_download",
             "ssh_execute",
             "ssh_execute_batch",
+            "ssh_job_kill",
+            "ssh_job_output",
+            "ssh_job_start",
+            "ssh_jobs",
             "ssh_status",
             "ssh_upload"
         ]
@@ -36,7 +40,7 @@ async fn conversation_should_list_tools_and_run_every_tool() {
     let size = serde_json::to_string(&json!({ "tools": tools }))
         .unwrap()
         .len();
-    assert!(size < 4096, "tools/list is {size} bytes");
+    assert!(size <= 12 * 1024, "tools/list is {size} bytes");
     for tool in &tools {
         assert!(
             tool.output_schema.is_some(),
@@ -45,8 +49,11 @@ async fn conversation_should_list_tools_and_run_every_tool() {
         );
         let a = tool.annotations.as_ref().unwrap();
         match tool.name.as_ref() {
-            "list_hosts" | "ssh_status" => assert_eq!(a.read_only_hint, Some(true)),
-            "ssh_execute" | "ssh_execute_batch" | "ssh_upload" | "ssh_download" => {
+            "list_hosts" | "ssh_status" | "ssh_job_output" | "ssh_jobs" => {
+                assert_eq!(a.read_only_hint, Some(true))
+            }
+            "ssh_execute" | "ssh_execute_batch" | "ssh_upload" | "ssh_download"
+            | "ssh_job_start" | "ssh_job_kill" => {
                 assert_eq!(a.destructive_hint, Some(true));
                 assert_eq!(a.open_world_hint, Some(true));
             }
@@ -95,7 +102,15 @@ async fn conversation_should_list_tools_and_run_every_tool() {
         .await;
     assert!(!is_error(&batch));
     let b = structured(&batch);
-    assert_eq!(b["completed"], 1);
+    assert_eq!(
+        (
+            b["ran"].as_u64(),
+            b["succeeded"].as_u64(),
+            b["not_run"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1)),
+        "{b}"
+    );
     assert_eq!(b["results"][0]["status"], "ok");
     assert_eq!(b["results"][1]["status"], "failed");
     assert_eq!(b["results"][1]["exit_code"], 2);
@@ -227,16 +242,33 @@ async fn output_should_be_capped_cleaned_and_flagged() {
     let total = (1..=100_000)
         .map(|n: u32| n.to_string().len() + 1)
         .sum::<usize>() as u64;
-    assert_eq!(s["stdout_cut"].as_u64().unwrap(), total - 4096);
+    // Cut at line boundaries: at most a line more than the limit on each side.
+    let cut = s["stdout_cut"].as_u64().unwrap();
+    assert!((total - 4096..total - 4096 + 14).contains(&cut), "{cut}");
     let t = text(&big);
     assert!(
-        t.contains(&format!("[... {} bytes of output cut ...]", total - 4096)),
+        t.contains(&format!("\n[... {cut} bytes of output cut ...]\n")),
         "{}",
         &t[..200]
     );
     assert!(t.contains("\n1\n2\n3\n"));
     assert!(t.trim_end().ends_with("100000"));
     assert!(t.len() < 5000);
+    let stdout = s["stdout"].as_str().unwrap();
+    let (head, tail) = stdout.split_once("[... ").unwrap();
+    let tail = tail.split_once("...]\n").unwrap().1;
+    let numbers = |part: &str| -> Vec<u32> { part.lines().map(|l| l.parse().unwrap()).collect() };
+    let (head, tail) = (numbers(head), numbers(tail));
+    assert_eq!(
+        head,
+        (1..=head.len() as u32).collect::<Vec<_>>(),
+        "whole lines from 1"
+    );
+    assert_eq!(
+        tail,
+        (100_001 - tail.len() as u32..=100_000).collect::<Vec<_>>(),
+        "whole lines to the end"
+    );
 
     let wider = shim
         .call(
@@ -299,7 +331,10 @@ async fn long_commands_should_send_progress() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellation_should_stop_the_remote_command_and_keep_the_session() {
     let sshd = Sshd::start();
-    let daemon = Daemon::start(&hosts_json(&[sshd.host("box", &login_user())]));
+    let audit = sshd.dir.path().join("audit.jsonl");
+    let daemon = Daemon::start(
+        &json!({ "audit_log_file": audit, "hosts": [sshd.host("box", &login_user())] }).to_string(),
+    );
     let shim = Shim::attach(&daemon, "e2e-client").await;
     let token = unique_token();
     let handle = shim
@@ -329,6 +364,28 @@ async fn cancellation_should_stop_the_remote_command_and_keep_the_session() {
         )
         .await;
     assert_eq!(structured(&after)["stdout"], "still here\n");
+    // The audit log says the client cancelled it (not that it went away). The record is
+    // written once the stop procedure has reported back, which may be just after this point.
+    let finished_record = || {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|r| {
+                r["action"] == "command_finished"
+                    && r["command"].as_str().unwrap_or("").contains(&token)
+            })
+    };
+    assert!(eventually(Duration::from_secs(10), || finished_record().is_some()));
+    let finished: Value = finished_record().expect("a command_finished record");
+    assert_eq!(finished["outcome"], "cancelled", "{finished}");
+    assert!(
+        finished["error"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("cancelled by e2e-client (pid "),
+        "{finished}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -439,8 +496,10 @@ async fn eight_shims_racing_should_start_exactly_one_daemon() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_that_cannot_start_should_make_every_call_explain_why() {
-    let daemon = Daemon::prepare("{ \"hosts\": [ broken");
+    // Valid when the shim starts (it refuses to start otherwise), broken when the daemon does.
+    let daemon = Daemon::prepare(&hosts_json(&[]));
     let shim = Shim::attach(&daemon, "e2e-client").await;
+    std::fs::write(&daemon.config, "{ \"hosts\": [ broken").unwrap();
     let calls = [
         ("list_hosts", json!({})),
         ("ssh_execute", json!({ "host": "x", "command": "true" })),
@@ -461,6 +520,8 @@ async fn garbage_on_stdin_should_get_json_rpc_errors_and_the_shim_keeps_serving(
     let mut child = tokio::process::Command::new(bin("mcp-ssh-shim"))
         .arg("--socket")
         .arg(&daemon.socket)
+        .arg("--config")
+        .arg(&daemon.config)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -542,6 +603,8 @@ async fn a_missing_daemon_binary_should_be_named_in_every_call() {
     command
         .arg("--socket")
         .arg(&daemon.socket)
+        .arg("--config")
+        .arg(&daemon.config)
         .arg("--log-file")
         .arg(dir.path().join("shim.log"))
         .env("PATH", "/usr/bin:/bin")
@@ -621,7 +684,7 @@ async fn the_quick_start_demo_should_run() {
         String::from_utf8_lossy(&out.stderr)
     );
     for expected in [
-        "7 tools: list_hosts",
+        "11 tools: list_hosts",
         "→ tools/call ssh_execute",
         "exit 0",
         "uploaded 28 B",

@@ -86,7 +86,7 @@ async fn one_call(
                     json!({ "host": box_, "commands": ["echo a", "echo b", "true"] }),
                 )
                 .await;
-            assert_eq!(structured(&r)["completed"], 3, "{r:?}");
+            assert_eq!(structured(&r)["succeeded"], 3, "{r:?}");
             tally.count("batch");
         }
         28..=30 => {

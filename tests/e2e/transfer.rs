@@ -578,3 +578,40 @@ async fn a_daemon_killed_mid_upload_should_have_its_successor_remove_the_remote_
         leftovers(remote.path())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_into_a_missing_directory_should_fail_before_sending() {
+    let sshd = Sshd::start();
+    let (_daemon, shim) = setup(sshd.host("box", &login_user())).await;
+    let local = tempfile::tempdir().unwrap();
+    // 2 GiB (sparse): sending it before noticing would take seconds.
+    let big = local.path().join("big.bin");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    for remote in [
+        "/nonexistent-dir/big.bin",
+        "/nonexistent-dir/",
+        "/nonexistent-dir/sub/",
+    ] {
+        let started = std::time::Instant::now();
+        let result = shim
+            .call(
+                "ssh_upload",
+                json!({ "host": "box", "local_path": big, "remote_path": remote }),
+            )
+            .await;
+        assert!(is_error(&result), "{remote}: {}", text(&result));
+        assert!(
+            text(&result).contains("does not exist"),
+            "{remote}: {}",
+            text(&result)
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{remote}: failed only after {:?}",
+            started.elapsed()
+        );
+    }
+}

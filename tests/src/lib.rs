@@ -11,9 +11,10 @@ pub mod proxy;
 pub mod rpc;
 pub mod shim;
 pub mod sshd;
+pub mod tasks;
 
 pub use daemon::Daemon;
-pub use sshd::{Sshd, SshdOptions, is_root, login_user};
+pub use sshd::{Sshd, SshdOptions, is_root, login_user, test_password};
 
 /// Awaits futures concurrently, polling them together (so spawned shims really race), and
 /// returns their outputs in order.

@@ -12,6 +12,23 @@ use tempfile::TempDir;
 /// The unprivileged login used when the tests run as root (created by `tests/run.sh`).
 pub const TEST_USER: &str = "mcptest";
 
+/// Where `tests/run.sh` passes the password it gave [`TEST_USER`] for its run.
+pub const TEST_PASSWORD_VAR: &str = "MCP_SSH_TEST_PASSWORD";
+
+/// The password of [`TEST_USER`] for this run: `tests/run.sh` makes a random one each run (it is
+/// in no file) and leaves the account with no usable password when the run ends. Panics, saying
+/// what to run, when the variable is missing: a password test must not pass without testing.
+pub fn test_password() -> String {
+    match std::env::var(TEST_PASSWORD_VAR) {
+        Ok(password) if !password.is_empty() => password,
+        _ => panic!(
+            "{TEST_PASSWORD_VAR} is not set: the password tests log in as {TEST_USER} with the \
+             random password that `bash tests/run.sh` sets for its run only. Run them with \
+             `bash tests/run.sh` (as root), e.g. `bash tests/run.sh -- password`"
+        ),
+    }
+}
+
 /// Options for the sshd config.
 #[derive(Debug, Clone, Default)]
 pub struct SshdOptions {

@@ -1,7 +1,9 @@
 //! The gRPC services: the only place that converts between protobuf types and the daemon's own.
 
 mod files;
+mod jobs;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,36 +13,42 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::audit::{BatchRef, ClientRef, Record};
+use crate::audit::{Audit, BatchRef, ClientRef, Record};
+use crate::config::HostConfig;
 use crate::error::Error;
+use crate::jobs::Jobs;
 use crate::listener::PeerInfo;
 use crate::registry::{ClientRecord, ConnState, HostEntry, HostSnapshot, Registry, millis};
-use crate::ssh::{ExecRequest, Output};
+use crate::ssh::{ExecRequest, Output, SshError};
+
+/// The tonic servers of every service, in the order `lib.rs` adds them.
+pub type Servers = (
+    pb::daemon_server::DaemonServer<Service>,
+    pb::hosts_server::HostsServer<Service>,
+    pb::exec_server::ExecServer<Service>,
+    pb::files_server::FilesServer<Service>,
+    pb::jobs_server::JobsServer<Service>,
+);
 
 #[derive(Clone)]
 pub struct Service {
     registry: Arc<Registry>,
+    jobs: Arc<Jobs>,
 }
 
 impl Service {
-    pub fn new(registry: Arc<Registry>) -> Service {
-        Service { registry }
+    pub fn new(registry: Arc<Registry>, jobs: Arc<Jobs>) -> Service {
+        Service { registry, jobs }
     }
 
     /// Servers for all services, ready for `Server::builder().add_service(..)`.
-    pub fn servers(
-        self,
-    ) -> (
-        pb::daemon_server::DaemonServer<Service>,
-        pb::hosts_server::HostsServer<Service>,
-        pb::exec_server::ExecServer<Service>,
-        pb::files_server::FilesServer<Service>,
-    ) {
+    pub fn servers(self) -> Servers {
         (
             pb::daemon_server::DaemonServer::new(self.clone()),
             pb::hosts_server::HostsServer::new(self.clone()),
             pb::exec_server::ExecServer::new(self.clone()),
-            pb::files_server::FilesServer::new(self),
+            pb::files_server::FilesServer::new(self.clone()),
+            pb::jobs_server::JobsServer::new(self),
         )
     }
 
@@ -58,7 +66,7 @@ fn unix_ms(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-fn host_state(s: HostSnapshot) -> pb::HostState {
+fn host_state(s: HostSnapshot, jobs_running: &HashMap<String, u32>) -> pb::HostState {
     let state = match s.state {
         ConnState::Disconnected => pb::ConnectionState::Disconnected,
         ConnState::Connecting => pb::ConnectionState::Connecting,
@@ -66,6 +74,7 @@ fn host_state(s: HostSnapshot) -> pb::HostState {
         ConnState::Failed => pb::ConnectionState::Failed,
     };
     pb::HostState {
+        jobs_running: jobs_running.get(&s.name).copied().unwrap_or(0),
         name: s.name,
         hostname: s.hostname,
         port: u32::from(s.port),
@@ -79,7 +88,6 @@ fn host_state(s: HostSnapshot) -> pb::HostState {
         host_key_fingerprint: s.host_key_fingerprint,
         connections_opened: s.connections_opened,
         restricted: s.restricted,
-        jobs_running: 0,
     }
 }
 
@@ -144,7 +152,7 @@ impl pb::daemon_server::Daemon for Service {
             client_id,
             config_path: self.registry.config_path.display().to_string(),
             max_output_bytes: self.registry.settings().max_output_bytes,
-            job_retention_secs: 0,
+            job_retention_secs: self.registry.settings().job_retention.as_secs(),
         }))
     }
 
@@ -154,6 +162,7 @@ impl pb::daemon_server::Daemon for Service {
     ) -> Result<Response<pb::StatusReply>, Status> {
         let r = &self.registry;
         let settings = r.settings();
+        let (jobs_known, jobs_running, per_host) = self.jobs.counts();
         Ok(Response::new(pb::StatusReply {
             daemon_version: version::PACKAGE_VERSION.into(),
             pid: std::process::id(),
@@ -162,7 +171,11 @@ impl pb::daemon_server::Daemon for Service {
                 .unwrap_or(u64::MAX),
             socket_path: r.socket_path.display().to_string(),
             config_path: r.config_path.display().to_string(),
-            hosts: r.hosts().iter().map(|h| host_state(h.snapshot())).collect(),
+            hosts: r
+                .hosts()
+                .iter()
+                .map(|h| host_state(h.snapshot(), &per_host))
+                .collect(),
             clients: r.clients().into_iter().map(client_info).collect(),
             warnings: settings.warnings,
             proto_major: PROTO_MAJOR,
@@ -171,8 +184,8 @@ impl pb::daemon_server::Daemon for Service {
             config_loaded_at_unix_ms: unix_ms(settings.loaded_at),
             config_error: settings.reload_error.unwrap_or_default(),
             calls_in_flight: r.calls_in_flight(),
-            jobs_known: 0,
-            jobs_running: 0,
+            jobs_known,
+            jobs_running,
         }))
     }
 
@@ -246,11 +259,12 @@ impl pb::hosts_server::Hosts for Service {
         &self,
         _req: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsReply>, Status> {
+        let (_, _, per_host) = self.jobs.counts();
         let hosts = self
             .registry
             .hosts()
             .iter()
-            .map(|h| host_state(h.snapshot()))
+            .map(|h| host_state(h.snapshot(), &per_host))
             .collect();
         Ok(Response::new(pb::ListHostsReply { hosts }))
     }
@@ -264,7 +278,7 @@ impl pb::hosts_server::Hosts for Service {
         let host = self.registry.host(&req.into_inner().host)?;
         host.connection(&caller).await?;
         Ok(Response::new(pb::ProbeReply {
-            host: Some(host_state(host.snapshot())),
+            host: Some(host_state(host.snapshot(), &self.jobs.counts().2)),
         }))
     }
 
@@ -294,18 +308,11 @@ impl pb::exec_server::Exec for Service {
 
     async fn run(&self, req: Request<pb::RunRequest>) -> Result<Response<Self::RunStream>, Status> {
         self.refuse_when_shutting_down()?;
-        let caller = self.registry.caller(peer(&req).map(|p| p.conn_id));
+        let conn_id = peer(&req).map(|p| p.conn_id);
+        let caller = self.registry.caller(conn_id);
         let req = req.into_inner();
         let host = self.registry.host(&req.host)?;
-        if req.command.trim().is_empty() {
-            return Err(Error::InvalidArgument("command must not be empty".into()).into());
-        }
-        if req.command.contains('\0') || req.cwd.contains('\0') {
-            return Err(Error::InvalidArgument(
-                "command and cwd must not contain NUL bytes".into(),
-            )
-            .into());
-        }
+        check_command(&req.command, &req.cwd)?;
         // One view of the host's settings for the whole call, even if a reload lands meanwhile.
         let config = host.config();
         let audit = self.registry.audit.clone();
@@ -324,25 +331,7 @@ impl pb::exec_server::Exec for Service {
             batch: batch.clone(),
             ..Record::default()
         };
-        // allowed_commands: the same rule for every way a command reaches a host.
-        let command = match &config.policy {
-            None => req.command.clone(),
-            Some(policy) => match policy.check(&req.command) {
-                Ok(requoted) => requoted,
-                Err(refusal) => {
-                    let error = Error::Refused {
-                        host: config.name.clone(),
-                        reason: refusal.to_string(),
-                        allowed: policy.describe(),
-                    };
-                    audit.record(Record {
-                        error: Some(error.to_string()),
-                        ..record("command", "refused")
-                    });
-                    return Err(error.into());
-                }
-            },
-        };
+        let command = authorize(&audit, &config, &req.command, record("command", "refused"))?;
         tracing::debug!(host = %config.name, command = %audit.scrub(&command), "exec");
         audit.record(record("command_started", "started"));
         let finished = record("command_finished", "ok");
@@ -358,6 +347,7 @@ impl pb::exec_server::Exec for Service {
         let shutdown = self.registry.shutdown_now.clone();
         let (tx, rx) = mpsc::channel(32);
         let in_flight = self.registry.call_started();
+        let registry = self.registry.clone();
         tokio::spawn(async move {
             let _in_flight = in_flight;
             let started = std::time::Instant::now();
@@ -383,6 +373,21 @@ impl pb::exec_server::Exec for Service {
                 Err(e) => {
                     finished.outcome = "error";
                     finished.error = Some(e.to_string());
+                    if let Error::Ssh(ssh) = &e
+                        && let SshError::Cancelled { stop, .. } = ssh.as_ref()
+                    {
+                        // The stream ends the same way when the client cancels the call and when
+                        // the client itself is gone; its socket connection tells them apart.
+                        finished.outcome = "cancelled";
+                        let client = conn_id.and_then(|id| registry.client_for_connection(id));
+                        finished.error = Some(match client {
+                            Some(c) => format!("cancelled by {} (pid {}): {stop}", c.name, c.pid),
+                            None if shutdown.is_cancelled() => {
+                                format!("stopped: mcp-sshd is shutting down: {stop}")
+                            }
+                            None => format!("the client disconnected during the call: {stop}"),
+                        });
+                    }
                     Err(Status::from(e))
                 }
             };
@@ -391,6 +396,45 @@ impl pb::exec_server::Exec for Service {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// Refuses commands and working directories no shell could be given.
+pub(crate) fn check_command(command: &str, cwd: &str) -> Result<(), Status> {
+    if command.trim().is_empty() {
+        return Err(Error::InvalidArgument("command must not be empty".into()).into());
+    }
+    if command.contains('\0') || cwd.contains('\0') {
+        return Err(
+            Error::InvalidArgument("command and cwd must not contain NUL bytes".into()).into(),
+        );
+    }
+    Ok(())
+}
+
+/// `allowed_commands`: the one check every command passes, however it reaches a host (exec,
+/// jobs). Returns what to send: the command re-quoted from its parsed words when the host has a
+/// policy. A refusal is audited as `refused`, completed with the error.
+pub(crate) fn authorize(
+    audit: &Audit,
+    config: &HostConfig,
+    command: &str,
+    refused: Record,
+) -> Result<String, Status> {
+    let Some(policy) = &config.policy else {
+        return Ok(command.to_string());
+    };
+    policy.check(command).map_err(|refusal| {
+        let error = Error::Refused {
+            host: config.name.clone(),
+            reason: refusal.to_string(),
+            allowed: policy.describe(),
+        };
+        audit.record(Record {
+            error: Some(error.to_string()),
+            ..refused
+        });
+        error.into()
+    })
 }
 
 /// Runs the command and forwards its output to the caller's stream as it arrives. If the caller

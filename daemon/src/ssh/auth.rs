@@ -40,7 +40,7 @@ impl AgentSockets {
         if path.as_os_str().is_empty() {
             return;
         }
-        let mut announced = super::connection::lock(&self.announced);
+        let mut announced = crate::sync::lock(&self.announced);
         announced.retain(|p| *p != path);
         announced.insert(0, path);
         announced.truncate(Self::KEPT);
@@ -48,7 +48,7 @@ impl AgentSockets {
 
     /// Where to look for an agent, in order; only sockets that exist.
     fn candidates(&self) -> Vec<PathBuf> {
-        let mut found = super::connection::lock(&self.announced).clone();
+        let mut found = crate::sync::lock(&self.announced).clone();
         if let Some(own) = std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from)
             && !found.contains(&own)
         {

@@ -1,13 +1,14 @@
 //! One SSH connection to one configured host: connect with a deadline on every stage, verify the
 //! host key, authenticate, then hand out channels within the host's session budget.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use russh::client::{self, DisconnectReason, Handle, Msg, Session};
 use russh::keys::{HashAlg, PublicKey, PublicKeyOrCertificate};
-use russh::{Channel, ChannelOpenFailure, Disconnect};
+use russh::{Channel, ChannelId, ChannelOpenFailure, Disconnect};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -17,12 +18,18 @@ use super::known_hosts::{self, Verdict};
 use super::{SshError, auth};
 use crate::audit::{Audit, Record};
 use crate::config::HostConfig;
+use crate::sync::lock;
 
 /// How long a refused channel open is retried before giving up; the server may be at its own
 /// `MaxSessions` because of sessions that are not ours (another client's shell, say).
 const CHANNEL_RETRY_WINDOW: Duration = Duration::from_secs(30);
 /// A deadline on SSH disconnect so a hung server cannot stall a disconnect or shutdown.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a refusal is still put down to a session of ours that the server may not have freed
+/// yet, when its freeing could not be proved: russh does not report the server's CLOSE of a
+/// channel we closed first (a stopped command, an SFTP session), and sshd frees such a session
+/// only once its process has exited.
+const UNPROVEN_SETTLE: Duration = Duration::from_secs(1);
 
 /// What we learned about the server while connecting.
 #[derive(Debug, Clone, Default)]
@@ -45,6 +52,13 @@ struct Shared {
     authenticated: std::sync::atomic::AtomicBool,
     /// Set when the peer stopped answering keepalives (rather than closing the connection).
     silent: std::sync::atomic::AtomicBool,
+    /// Channels the server closed (russh answered with our CLOSE at once), until their slot is
+    /// released: see [`Slots::release`].
+    server_closed: Mutex<HashSet<ChannelId>>,
+    /// Sessions the server holds for us as far as we know: counted when it confirms one (in
+    /// the order of its answers, so a refusal sees every confirmation sent before it), and
+    /// uncounted once its freeing is proved or can no longer be.
+    held: AtomicU32,
 }
 
 struct Handler {
@@ -137,6 +151,26 @@ impl client::Handler for Handler {
         Ok(false)
     }
 
+    async fn channel_open_confirmation(
+        &mut self,
+        _channel: ChannelId,
+        _max_packet_size: u32,
+        _window_size: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.shared.held.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        lock(&self.shared.server_closed).insert(channel);
+        Ok(())
+    }
+
     async fn kex_done(
         &mut self,
         _shared_secret: Option<&[u8]>,
@@ -188,34 +222,206 @@ impl client::Handler for Handler {
 
 /// A live, authenticated connection.
 pub struct Connection {
-    handle: Handle<Handler>,
+    handle: Arc<Handle<Handler>>,
     host: Arc<HostConfig>,
     shared: Arc<Shared>,
-    /// Channel budget for commands (and later SFTP): the host's `max_sessions` minus one slot
-    /// kept for stopping commands, so a full budget can never block its own cleanup.
-    work: Arc<Semaphore>,
+    /// Work channels (commands, SFTP): the host's `max_sessions` minus one slot kept for
+    /// stopping commands, so a full budget can never block its own cleanup.
+    budget: Budget,
     control: Arc<Semaphore>,
-    work_limit: AtomicU32,
-    /// The budget from hosts.json; a lowered budget grows back towards it.
-    work_max: u32,
-    /// Channels opened since the server last refused one.
-    opened_since_refusal: AtomicU32,
-    /// Permits to retire when they come back: a lowered budget could not take them at once
-    /// because calls held them.
-    permit_debt: AtomicU32,
-    in_use: Arc<AtomicU32>,
+    slots: Arc<Slots>,
     pub connected_at: SystemTime,
 }
 
-/// A channel slot; frees itself (and the count shown by `status`) on drop.
+/// An open session channel with its slot in the budget.
+pub type OpenChannel = (Channel<Msg>, ChannelSlot);
+
+/// A channel's slot in the budget. Dropped once the caller is done with the channel; the slot
+/// becomes usable again only once the server has freed the session (see [`Slots::release`]).
 pub struct ChannelSlot {
-    _permit: Option<OwnedSemaphorePermit>,
-    in_use: Arc<AtomicU32>,
+    permit: Option<OwnedSemaphorePermit>,
+    id: ChannelId,
+    slots: Arc<Slots>,
 }
 
 impl Drop for ChannelSlot {
     fn drop(&mut self) {
-        self.in_use.fetch_sub(1, Ordering::Relaxed);
+        self.slots.in_use.fetch_sub(1, Ordering::Relaxed);
+        self.slots.releasing.fetch_add(1, Ordering::Relaxed);
+        let release = self.slots.clone().release(self.id, self.permit.take());
+        // A runtime that is shutting down drops the task, and the permit with it.
+        drop(self.slots.runtime.spawn(release));
+    }
+}
+
+/// What the slots of one connection share: the count shown by `status`, and what it takes to
+/// prove that the server freed a session before its slot is used again.
+struct Slots {
+    handle: Weak<Handle<Handler>>,
+    shared: Arc<Shared>,
+    runtime: tokio::runtime::Handle,
+    /// How long to wait for the server's answer that proves a session freed.
+    answer_within: Duration,
+    /// Channels the callers hold (what `status` shows).
+    in_use: AtomicU32,
+    /// Slots given back whose session the server may not have freed yet.
+    releasing: AtomicU32,
+    /// Until when a refusal may still be a session of ours freed without proof.
+    unproven_until: Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Slots {
+    fn slot(self: &Arc<Self>, permit: Option<OwnedSemaphorePermit>, id: ChannelId) -> ChannelSlot {
+        self.in_use.fetch_add(1, Ordering::Relaxed);
+        ChannelSlot {
+            permit,
+            id,
+            slots: self.clone(),
+        }
+    }
+
+    /// Returns a slot's permit once the server has freed the session it stood for.
+    ///
+    /// sshd's loop (`server_loop2`) handles every packet it has read, then collects dead
+    /// channels (`channel_garbage_collect`, which calls `session_close_by_channel`: only then
+    /// is the session free), then reads again. A CHANNEL_OPEN read together with the CLOSE of
+    /// a finished session is therefore refused ("no more sessions"), which a network or a busy
+    /// sshd makes likely for an open sent right behind a close. russh answers the server's
+    /// CLOSE with ours before the channel reports it closed, so a global request sent now
+    /// follows our CLOSE on the wire, and its answer comes after sshd handled that CLOSE and
+    /// collected the channel: an open sent after the answer finds the session freed.
+    async fn release(self: Arc<Self>, id: ChannelId, permit: Option<OwnedSemaphorePermit>) {
+        if let Some(handle) = self.handle.upgrade() {
+            let answer = tokio::time::timeout(self.answer_within, handle.send_ping());
+            tokio::select! {
+                _ = answer => {}
+                () = self.shared.lost.cancelled() => {}
+            }
+        }
+        // The server closed this channel first (russh reports that before it handles our
+        // request, so it is known by now): the answer proved the session freed. Otherwise we
+        // closed it (a stopped command, an SFTP session): sshd frees the session only once its
+        // process has exited, which no message tells us.
+        if !lock(&self.shared.server_closed).remove(&id) {
+            *lock(&self.unproven_until) = Some(tokio::time::Instant::now() + UNPROVEN_SETTLE);
+        }
+        take_one(&self.shared.held);
+        self.releasing.fetch_sub(1, Ordering::Relaxed);
+        drop(permit);
+    }
+
+    /// Whether a session of ours may still be held by the server after its slot was given
+    /// back: a refusal now says nothing about the server's limit.
+    fn may_be_closing(&self) -> bool {
+        self.releasing.load(Ordering::Relaxed) > 0
+            || lock(&self.unproven_until).is_some_and(|t| tokio::time::Instant::now() < t)
+    }
+}
+
+/// The work budget: how many work channels may be open at once, lowered to what the server
+/// grants when it refuses one, and grown back by probing.
+struct Budget {
+    work: Arc<Semaphore>,
+    limit: AtomicU32,
+    /// The budget from hosts.json; a lowered budget grows back towards it.
+    max: u32,
+    /// Channels opened since the budget last changed.
+    opened_since_change: AtomicU32,
+    /// Channels opened without a refusal before a lowered budget grows by one: doubles (up to
+    /// [`REGROW_MAX`]) each time the server refuses again at a limit it refused before.
+    regrow_after: AtomicU32,
+    /// The last limit learnt from a refusal (0: none).
+    learnt: AtomicU32,
+    /// Permits to retire when they come back: a lowered budget could not take them at once
+    /// because calls held them.
+    permit_debt: AtomicU32,
+}
+
+/// A budget lowered by [`Budget::refused`].
+#[derive(Debug, PartialEq, Eq)]
+struct Lowered {
+    to: u32,
+    /// The server refused at this limit before (a probe above a real limit failed).
+    again: bool,
+}
+
+impl Budget {
+    fn new(work: u32) -> Budget {
+        Budget {
+            work: Arc::new(Semaphore::new(work as usize)),
+            limit: AtomicU32::new(work),
+            max: work,
+            opened_since_change: AtomicU32::new(0),
+            regrow_after: AtomicU32::new(REGROW_AFTER),
+            learnt: AtomicU32::new(0),
+            permit_debt: AtomicU32::new(0),
+        }
+    }
+
+    fn limit(&self) -> u32 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// A work channel opened with `permit`: pays a permit debt with it, and grows a lowered
+    /// budget by one after enough clean opens. Returns the new limit when it grew.
+    fn opened(&self, permit: &mut Option<OwnedSemaphorePermit>) -> Option<u32> {
+        if take_one(&self.permit_debt)
+            && let Some(p) = permit.take()
+        {
+            p.forget();
+        }
+        if self.limit() >= self.max
+            || self.opened_since_change.fetch_add(1, Ordering::Relaxed) + 1
+                < self.regrow_after.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        self.opened_since_change.store(0, Ordering::Relaxed);
+        let max = self.max;
+        let grown = self
+            .limit
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        if !take_one(&self.permit_debt) {
+            self.work.add_permits(1);
+        }
+        Some(grown + 1)
+    }
+
+    /// The server refused a session while it held `open` of ours (work and control) and none
+    /// of ours was still closing there: it grants at most that many, one of which stays
+    /// reserved for stopping commands. The budget drops to what was open, never by a step per
+    /// refusal (refusals come in bursts). `permit` (the refused opener's) is retired with the other
+    /// permits above the new limit; the opener must queue again. None when the budget was
+    /// already that low.
+    fn refused(&self, open: u32, permit: &mut Option<OwnedSemaphorePermit>) -> Option<Lowered> {
+        self.opened_since_change.store(0, Ordering::Relaxed);
+        let floor = open.saturating_sub(1).max(1);
+        let old = self
+            .limit
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (floor < n).then_some(floor)
+            })
+            .ok()?;
+        let again = self.learnt.swap(floor, Ordering::Relaxed) == floor;
+        if again {
+            let _ = self
+                .regrow_after
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some((n * 2).min(REGROW_MAX))
+                });
+        }
+        let mut removed = (old - floor) as usize;
+        if let Some(p) = permit.take() {
+            p.forget();
+            removed -= 1;
+        }
+        let short = removed - self.work.forget_permits(removed);
+        self.permit_debt
+            .fetch_add(u32::try_from(short).unwrap_or(u32::MAX), Ordering::Relaxed);
+        Some(Lowered { to: floor, again })
     }
 }
 
@@ -299,17 +505,23 @@ impl Connection {
             host = %host.name, server = %info.server_version, cipher = %info.cipher,
             host_key = %info.host_key_fingerprint, "connected to {target}"
         );
+        let handle = Arc::new(handle);
+        let slots = Arc::new(Slots {
+            handle: Arc::downgrade(&handle),
+            shared: shared.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            answer_within: host.connect_timeout,
+            in_use: AtomicU32::new(0),
+            releasing: AtomicU32::new(0),
+            unproven_until: Mutex::new(None),
+        });
         Ok(Connection {
             handle,
             host,
             shared,
-            work: Arc::new(Semaphore::new(work as usize)),
+            budget: Budget::new(work),
             control: Arc::new(Semaphore::new(control as usize)),
-            work_limit: AtomicU32::new(work),
-            work_max: work,
-            opened_since_refusal: AtomicU32::new(0),
-            permit_debt: AtomicU32::new(0),
-            in_use: Arc::new(AtomicU32::new(0)),
+            slots,
             connected_at: SystemTime::now(),
         })
     }
@@ -362,11 +574,11 @@ impl Connection {
     }
 
     pub fn channels_in_use(&self) -> u32 {
-        self.in_use.load(Ordering::Relaxed)
+        self.slots.in_use.load(Ordering::Relaxed)
     }
 
     pub fn channel_limit(&self) -> u32 {
-        self.work_limit.load(Ordering::Relaxed)
+        self.budget.limit()
     }
 
     /// Closes the connection; in-flight calls see "connection lost: `reason`".
@@ -380,16 +592,16 @@ impl Connection {
     }
 
     /// Opens a session channel for work (a command), waiting for a free slot in the budget.
-    pub async fn open_work_channel(&self) -> Result<(Channel<Msg>, ChannelSlot), SshError> {
+    pub async fn open_work_channel(&self) -> Result<OpenChannel, SshError> {
         let permit = tokio::select! {
-            permit = self.work.clone().acquire_owned() => permit.ok(),
+            permit = self.budget.work.clone().acquire_owned() => permit.ok(),
             () = self.lost() => return Err(self.lost_error()),
         };
         self.open_channel(permit, true).await
     }
 
     /// Opens a session channel from the reserved control slot (used to stop commands).
-    pub async fn open_control_channel(&self) -> Result<(Channel<Msg>, ChannelSlot), SshError> {
+    pub async fn open_control_channel(&self) -> Result<OpenChannel, SshError> {
         // With max_sessions = 1 there is no reserved slot; try anyway, the server may allow it.
         let permit = if self.host.max_sessions < 2 {
             None
@@ -406,11 +618,9 @@ impl Connection {
         &self,
         mut permit: Option<OwnedSemaphorePermit>,
         learn_limit: bool,
-    ) -> Result<(Channel<Msg>, ChannelSlot), SshError> {
+    ) -> Result<OpenChannel, SshError> {
         let target = self.host.target();
         let started = tokio::time::Instant::now();
-        // Most refusals are momentary: sshd frees a closed session only after the packets that
-        // arrived with our close are handled, so an open sent right behind it can bounce once.
         let mut backoff = Duration::from_millis(2);
         loop {
             let open = tokio::time::timeout(
@@ -420,16 +630,10 @@ impl Connection {
             let failure = tokio::select! {
                 result = open => match result {
                     Ok(Ok(channel)) => {
-                        self.in_use.fetch_add(1, Ordering::Relaxed);
-                        if learn_limit {
-                            if take_one(&self.permit_debt)
-                                && let Some(p) = permit.take()
-                            {
-                                p.forget();
-                            }
-                            self.regrow_budget();
+                        if learn_limit && let Some(limit) = self.budget.opened(&mut permit) {
+                            tracing::debug!(host = %self.host.name, "channel budget grown back to {limit}");
                         }
-                        let slot = ChannelSlot { _permit: permit, in_use: self.in_use.clone() };
+                        let slot = self.slots.slot(permit, channel.id());
                         return Ok((channel, slot));
                     }
                     Ok(Err(e)) => e,
@@ -460,20 +664,33 @@ impl Connection {
                 });
             }
             if learn_limit {
-                self.opened_since_refusal.store(0, Ordering::Relaxed);
-                let removed = self.lower_budget_to(self.in_use.load(Ordering::Relaxed));
-                if removed > 0 {
-                    // Our permit stands for a slot the server does not grant: give it up (with
-                    // any other idle ones) and queue again behind the smaller budget.
-                    if let Some(p) = permit.take() {
-                        p.forget();
+                // Not the channels our callers hold: confirmations of opens sent with ours may
+                // not have reached their callers yet.
+                let open = self.shared.held.load(Ordering::Relaxed);
+                if self.slots.may_be_closing() {
+                    // A session of ours may still hold its place on the server: wait for it
+                    // rather than learn a limit that is not the server's.
+                    tracing::debug!(
+                        host = %self.host.name,
+                        "server refused a session channel with {open} open while one of ours was closing; retrying"
+                    );
+                } else if let Some(lowered) = self.budget.refused(open, &mut permit) {
+                    let to = lowered.to;
+                    if lowered.again {
+                        tracing::debug!(
+                            host = %self.host.name,
+                            "server refused a session channel with {open} open again; budget back to {to}"
+                        );
+                    } else {
+                        tracing::warn!(
+                            host = %self.host.name,
+                            "server refused a session channel with {open} open; lowering this connection's budget to {to}"
+                        );
                     }
-                    let wanted = removed as usize - 1;
-                    let short = wanted - self.work.forget_permits(wanted);
-                    self.permit_debt
-                        .fetch_add(u32::try_from(short).unwrap_or(u32::MAX), Ordering::Relaxed);
+                    // Our permit stood for a slot the server does not grant: queue again
+                    // behind the smaller budget.
                     permit = tokio::select! {
-                        p = self.work.clone().acquire_owned() => p.ok(),
+                        p = self.budget.work.clone().acquire_owned() => p.ok(),
                         () = self.lost() => return Err(self.lost_error()),
                     };
                 }
@@ -488,50 +705,6 @@ impl Connection {
             backoff = (backoff * 2).min(Duration::from_millis(200));
         }
     }
-
-    /// A lowered budget may have been a moment's crowding (sessions the server had not freed
-    /// yet): after [`REGROW_AFTER`] channels opened without a refusal, it grows by one.
-    fn regrow_budget(&self) {
-        if self.work_limit.load(Ordering::Relaxed) >= self.work_max
-            || self.opened_since_refusal.fetch_add(1, Ordering::Relaxed) + 1 < REGROW_AFTER
-        {
-            return;
-        }
-        self.opened_since_refusal.store(0, Ordering::Relaxed);
-        let max = self.work_max;
-        if self
-            .work_limit
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok()
-            && !take_one(&self.permit_debt)
-        {
-            self.work.add_permits(1);
-        }
-    }
-
-    /// The server refused a session while `open` of ours were open: it grants at most that
-    /// many, one of which stays reserved for stopping commands. Refusals also happen briefly
-    /// at the limit (the server frees a session a moment after we see it close), so the budget
-    /// drops to what was open, never by a step per refusal: a burst of refusals must not
-    /// shrink it to nothing. Returns by how much it dropped.
-    fn lower_budget_to(&self, open: u32) -> u32 {
-        let floor = open.saturating_sub(1).max(1);
-        let Ok(old) = self
-            .work_limit
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (floor < n).then_some(floor)
-            })
-        else {
-            return 0;
-        };
-        tracing::warn!(
-            host = %self.host.name,
-            "server refused a session channel with {open} open; lowering this connection's budget to {floor}"
-        );
-        old - floor
-    }
 }
 
 /// Decrements `counter` if it is above zero; true when it did.
@@ -541,8 +714,10 @@ fn take_one(counter: &AtomicU32) -> bool {
         .is_ok()
 }
 
-/// Channels opened without a refusal before a lowered channel budget grows by one.
+/// Channels opened without a refusal before a lowered channel budget grows by one (at first).
 const REGROW_AFTER: u32 = 32;
+/// The longest interval between probes above a limit the server keeps refusing.
+const REGROW_MAX: u32 = 1024;
 
 /// russh's algorithm preferences with our cipher first: the configured one, else AES-GCM where
 /// the CPU has AES instructions (measured 25-40 % faster than ChaCha20 here), else ChaCha20.
@@ -614,7 +789,93 @@ pub(crate) fn describe_russh_error(e: &russh::Error) -> String {
     }
 }
 
-/// Locks a std mutex, recovering the data if a panicking thread poisoned it.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn take(budget: &Budget) -> Option<OwnedSemaphorePermit> {
+        Some(budget.work.clone().try_acquire_owned().unwrap())
+    }
+
+    /// Permits a caller could take now, and the debt still to retire.
+    fn room(budget: &Budget) -> (usize, u32) {
+        (
+            budget.work.available_permits(),
+            budget.permit_debt.load(Ordering::Relaxed),
+        )
+    }
+
+    #[test]
+    fn a_refusal_lowers_the_budget_to_what_the_server_held_and_retires_the_permits_above() {
+        let budget = Budget::new(9);
+        // Four open, the fifth refused: three work slots (the fourth session is the reserved one).
+        let held: Vec<_> = (0..4).map(|_| take(&budget)).collect();
+        let mut refused = take(&budget);
+        let lowered = budget.refused(4, &mut refused).unwrap();
+        assert_eq!(
+            lowered,
+            Lowered {
+                to: 3,
+                again: false
+            }
+        );
+        assert!(refused.is_none(), "the refused opener's permit is retired");
+        assert_eq!(budget.limit(), 3);
+        // 9 - 3 = 6 to retire: the refused one, the 4 idle ones, and one still held (a debt).
+        assert_eq!(room(&budget), (0, 1));
+        // More refusals of the same burst change nothing.
+        assert_eq!(budget.refused(4, &mut None), None);
+        drop(held);
+        // The next open pays the debt with its permit, which then never comes back.
+        let mut permit = take(&budget);
+        assert_eq!(budget.opened(&mut permit), None);
+        assert!(permit.is_none(), "the debt was paid with this permit");
+        assert_eq!(room(&budget), (3, 0));
+    }
+
+    #[test]
+    fn a_lowered_budget_grows_back_to_the_maximum() {
+        let budget = Budget::new(9);
+        let held: Vec<_> = (0..2).map(|_| take(&budget)).collect();
+        budget.refused(2, &mut take(&budget)).unwrap();
+        assert_eq!(budget.limit(), 1);
+        drop(held);
+        let mut opens = 0;
+        while budget.limit() < 9 {
+            let mut permit = take(&budget);
+            budget.opened(&mut permit);
+            opens += 1;
+            assert!(opens <= 8 * REGROW_AFTER, "stuck at {}", budget.limit());
+        }
+        assert_eq!(opens, 8 * REGROW_AFTER);
+        assert_eq!(room(&budget), (9, 0), "every slot is usable again");
+        let mut permit = take(&budget);
+        assert_eq!(budget.opened(&mut permit), None, "never above the maximum");
+    }
+
+    #[test]
+    fn probing_a_real_limit_again_and_again_backs_off() {
+        let budget = Budget::new(9);
+        let held: Vec<_> = (0..4).map(|_| take(&budget)).collect();
+        budget.refused(4, &mut take(&budget)).unwrap();
+        drop(held);
+        let mut interval = REGROW_AFTER;
+        for _ in 0..8 {
+            for _ in 0..interval {
+                budget.opened(&mut take(&budget));
+            }
+            assert_eq!(budget.limit(), 4, "grew by one to probe");
+            // The probe is refused with three work channels and the control one open: the same
+            // limit, learnt again.
+            let held: Vec<_> = (0..3).map(|_| take(&budget)).collect();
+            let lowered = budget.refused(4, &mut take(&budget)).unwrap();
+            assert_eq!(lowered, Lowered { to: 3, again: true });
+            drop(held);
+            interval = (interval * 2).min(REGROW_MAX);
+            assert_eq!(budget.regrow_after.load(Ordering::Relaxed), interval);
+        }
+        assert_eq!(interval, REGROW_MAX);
+    }
 }

@@ -198,10 +198,20 @@ pub async fn run(
 fn wrap_command(command: &str, cwd: Option<&str>) -> String {
     let mut script = String::from("printf '\\036MCPSSH-PGID %s\\036\\n' \"$$\"\n");
     if let Some(dir) = cwd {
-        script.push_str(&format!("cd -- {} || exit 1\n", shell_quote(dir)));
+        script.push_str(&format!("cd -- {} || exit 1\n", quote_dir(dir)));
     }
     script.push_str(command);
     script
+}
+
+/// Quotes a working directory as one shell word, expanding a leading `~` (alone or before `/`)
+/// to the remote home, as a user typing it would expect; nothing else is expanded.
+pub fn quote_dir(dir: &str) -> String {
+    match dir.strip_prefix('~') {
+        Some("") => "\"$HOME\"".to_string(),
+        Some(rest) if rest.starts_with('/') => format!("\"$HOME\"{}", shell_quote(rest)),
+        _ => shell_quote(dir),
+    }
 }
 
 /// Quotes `s` as one POSIX shell word.
@@ -277,24 +287,7 @@ async fn wait_closed(channel: &mut russh::Channel<russh::client::Msg>) {
 }
 
 async fn kill_group(conn: &Connection, pgid: u32) -> StopOutcome {
-    let tenths = STOP_GRACE.as_millis() / 100;
-    // Run by `sh` whatever the login shell is. `--` before the negative id: dash reads
-    // `-PGID` as an option otherwise. A member that is only a zombie (killed, waiting for its
-    // parent or init to reap it) counts as gone; without /proc, kill -0 has the last word.
-    let script = format!(
-        "p={pgid}; \
-         alive() {{ kill -s 0 -- -$p 2>/dev/null || return 1; [ -r /proc/self/stat ] || return 0; \
-           for d in /proc/[0-9]*; do read -r s < $d/stat 2>/dev/null || continue; s=${{s##*\") \"}}; \
-             set -- $s; [ \"$3\" = \"$p\" ] && [ \"$1\" != Z ] && return 0; done; return 1; }}; \
-         alive || {{ echo gone; exit 0; }}; \
-         kill -s TERM -- -$p 2>/dev/null; i=0; \
-         while alive; do \
-           if [ $i -ge {tenths} ]; then kill -s KILL -- -$p 2>/dev/null; j=0; \
-             while alive && [ $j -lt 10 ]; do sleep 0.1 2>/dev/null || sleep 1; j=$((j+1)); done; break; fi; \
-           sleep 0.1 2>/dev/null || sleep 1; i=$((i+1)); \
-         done; \
-         if alive; then echo alive; else echo gone; fi"
-    );
+    let script = format!("p={pgid}; {}", stop_group_script("TERM", ""));
     let script = format!("sh -c {}", shell_quote(&script));
     let (mut control, _slot) = match conn.open_control_channel().await {
         Ok(opened) => opened,
@@ -318,6 +311,28 @@ async fn kill_group(conn: &Connection, pgid: u32) -> StopOutcome {
         "alive" => StopOutcome::Unconfirmed(format!("process group {pgid} survived SIGKILL")),
         other => StopOutcome::Unconfirmed(format!("unexpected answer from kill: {other:?}")),
     }
+}
+
+/// The shell text that stops process group `$p` (set before it): `first` signal, up to
+/// [`STOP_GRACE`] for it to go, then KILL (running `on_kill` first), then a check. Prints `gone`
+/// or `alive`. Meant for `sh -c`, whatever the login shell is. `--` before the negative id: dash
+/// reads `-PGID` as an option otherwise. A member that is only a zombie (killed, waiting for its
+/// parent or init to reap it) counts as gone; without /proc, kill -0 has the last word.
+pub(super) fn stop_group_script(first: &str, on_kill: &str) -> String {
+    let tenths = STOP_GRACE.as_millis() / 100;
+    format!(
+        "alive() {{ kill -s 0 -- -$p 2>/dev/null || return 1; [ -r /proc/self/stat ] || return 0; \
+           for d in /proc/[0-9]*; do read -r s < $d/stat 2>/dev/null || continue; s=${{s##*\") \"}}; \
+             set -- $s; [ \"$3\" = \"$p\" ] && [ \"$1\" != Z ] && return 0; done; return 1; }}; \
+         alive || {{ echo gone; exit 0; }}; \
+         kill -s {first} -- -$p 2>/dev/null; i=0; \
+         while alive; do \
+           if [ $i -ge {tenths} ]; then {on_kill} kill -s KILL -- -$p 2>/dev/null; j=0; \
+             while alive && [ $j -lt 10 ]; do sleep 0.1 2>/dev/null || sleep 1; j=$((j+1)); done; break; fi; \
+           sleep 0.1 2>/dev/null || sleep 1; i=$((i+1)); \
+         done; \
+         if alive; then echo alive; else echo gone; fi"
+    )
 }
 
 fn signal_text(sig: &Sig) -> String {
@@ -399,6 +414,14 @@ mod tests {
         let mut m = Marker::default();
         assert_eq!(m.feed(b"\x1eMCPSSH-PGID 12"), None);
         assert_eq!(m.finish(), Some(b"\x1eMCPSSH-PGID 12".to_vec()));
+    }
+
+    #[test]
+    fn cwd_should_expand_only_a_leading_tilde() {
+        assert_eq!(quote_dir("~"), "\"$HOME\"");
+        assert_eq!(quote_dir("~/a b"), "\"$HOME\"'/a b'");
+        assert_eq!(quote_dir("~user/x"), "'~user/x'");
+        assert_eq!(quote_dir("/x/~"), "'/x/~'");
     }
 
     #[test]

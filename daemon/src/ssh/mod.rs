@@ -4,12 +4,14 @@
 //! - [`auth`]: the OpenSSH-like order of credentials to try.
 //! - [`known_hosts`]: host key verification against OpenSSH's files.
 //! - [`exec`]: one remote command on a channel, with inactivity timeout and remote stopping.
+//! - [`job`]: jobs supervised on the host: the start, probe, kill and removal scripts.
 //! - [`sftp`], [`transfer`]: atomic, pipelined uploads and downloads over SFTP; [`pending`]:
 //!   their remote temporary files awaiting removal.
 
 mod auth;
 pub mod connection;
 pub mod exec;
+pub mod job;
 pub mod known_hosts;
 pub mod pending;
 pub mod sftp;
@@ -104,6 +106,8 @@ pub enum SshError {
     },
     #[error("could not open a channel to {target}: {reason}")]
     ChannelOpen { target: String, reason: String },
+    #[error("{target} did not answer within {secs} s")]
+    HostTimeout { target: String, secs: u64 },
     #[error("command produced no output for {} s (inactivity timeout) and was stopped: {stop}", idle.as_secs())]
     InactivityTimeout { idle: Duration, stop: StopOutcome },
     #[error("command cancelled ({why}): {stop}")]

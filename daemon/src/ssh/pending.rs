@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use super::connection::lock;
+use crate::sync::lock;
 
 type Map = BTreeMap<String, BTreeSet<String>>;
 
@@ -22,17 +22,8 @@ impl PendingStore {
     /// the list in memory only.
     pub fn open(file: Option<PathBuf>) -> Arc<PendingStore> {
         let map = file
-            .as_ref()
-            .and_then(|path| match std::fs::read_to_string(path) {
-                Ok(text) => serde_json::from_str::<Map>(&text)
-                    .map_err(|e| tracing::warn!("ignoring {}: {e}", path.display()))
-                    .ok(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => {
-                    tracing::warn!("cannot read {}: {e}", path.display());
-                    None
-                }
-            })
+            .as_deref()
+            .and_then(crate::state_file::load::<Map>)
             .unwrap_or_default();
         Arc::new(PendingStore {
             file,
@@ -65,17 +56,7 @@ impl PendingStore {
             let _ = std::fs::remove_file(path);
             return;
         }
-        let tmp = path.with_extension("json.tmp");
-        let written = serde_json::to_vec(map)
-            .map_err(std::io::Error::other)
-            .and_then(|json| std::fs::write(&tmp, json))
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = written {
-            tracing::warn!(
-                "cannot record pending temporary files in {}: {e}",
-                path.display()
-            );
-        }
+        crate::state_file::save(path, map, "pending temporary files");
     }
 }
 

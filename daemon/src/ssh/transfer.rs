@@ -266,6 +266,17 @@ pub async fn upload(
         .await
         .map(|a| a.is_dir())
         .unwrap_or(false);
+    // A trailing slash names a directory to upload into, as with scp: it must exist, and saying
+    // so now beats sending the data first.
+    if !remote_is_dir && spec.remote.len() > 1 && spec.remote.ends_with('/') {
+        return Err(fail(
+            TransferKind::NotFound,
+            format!(
+                "remote directory {} does not exist",
+                shown(&sftp, &home, remote.trim_end_matches('/'))
+            ),
+        ));
+    }
     let dest = if remote_is_dir {
         remote_join(&remote, &file_name(&spec.local))
     } else {

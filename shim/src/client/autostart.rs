@@ -202,8 +202,9 @@ async fn answers(socket: &SocketLocation) -> bool {
     super::open_channel(socket).await.is_ok()
 }
 
-/// `mcp-sshd` next to this program (an install puts all three together), else from PATH.
-fn daemon_program() -> PathBuf {
+/// `mcp-sshd` next to this program (an install puts all three together), else from PATH. The
+/// shim's start check and `mcp-sshctl doctor` run the same one.
+pub fn daemon_program() -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(|dir| dir.join("mcp-sshd")))

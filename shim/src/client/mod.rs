@@ -11,6 +11,7 @@ use mcp_ssh_proto::pb;
 use mcp_ssh_proto::version::{self, PROTO_MAJOR, PROTO_MINOR};
 use tonic::transport::{Channel, Endpoint};
 
+pub use autostart::daemon_program;
 pub use pb::ClientKind;
 
 /// How long one attempt to reach the socket may take.
@@ -152,6 +153,10 @@ impl DaemonClient {
 
     pub fn files(&self) -> pb::files_client::FilesClient<Channel> {
         pb::files_client::FilesClient::new(self.channel.clone())
+    }
+
+    pub fn jobs(&self) -> pb::jobs_client::JobsClient<Channel> {
+        pb::jobs_client::JobsClient::new(self.channel.clone())
     }
 
     /// The config the daemon serves, if it differs from the one this client was told to use.

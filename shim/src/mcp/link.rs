@@ -48,7 +48,10 @@ impl DaemonLink {
         {
             Ok(response) => response.into_inner(),
             Err(status) => {
-                tracing::debug!("the daemon does not report configuration changes: {status}");
+                tracing::debug!(
+                    "the daemon does not report configuration changes: {}",
+                    status.message()
+                );
                 return;
             }
         };
@@ -110,4 +113,23 @@ impl DaemonLink {
 /// made from a local transport error carry that error as their source; the daemon's own never do.
 pub fn is_transport_failure(status: &tonic::Status) -> bool {
     std::error::Error::source(status).is_some()
+}
+
+/// Whether a transport failure happened before any daemon could have received the call: nothing
+/// listened on the socket (refused, or no socket file). Any other transport failure may have
+/// come after the daemon accepted the call.
+pub fn never_sent(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+            )
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }

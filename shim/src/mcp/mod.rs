@@ -1,143 +1,95 @@
-//! The MCP server of `mcp-ssh-shim`: the Python tool's tools, each a thin translation of one or
-//! a few daemon calls. Tool failures (unreachable host, refused, timed out) are tool results with
-//! `isError: true` and an actionable message; JSON-RPC errors are left to rmcp for malformed
-//! requests.
+//! The MCP server of `mcp-ssh-shim`: the tools (in `tools/`), each a thin translation of one or
+//! a few daemon calls, and MCP tasks (`tasks.rs`). Tool failures (unreachable host, refused,
+//! timed out) are tool results with `isError: true` and an actionable message; JSON-RPC errors
+//! are left to rmcp for malformed requests.
 
+mod arguments;
 mod link;
 pub mod output;
 mod results;
+mod schema;
 pub mod stdio;
+mod tasks;
+mod tools;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mcp_ssh_proto::pb::{self, run_event};
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::wrapper::Parameters;
+use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
-    CallToolResult, Implementation, ListToolsResult, PaginatedRequestParams,
-    ProgressNotificationParam, ServerCapabilities, ServerConfig,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, GetTaskParams,
+    GetTaskResult, Implementation, ListToolsResult, PaginatedRequestParams, ServerCapabilities,
+    ServerConfig, Tool,
 };
 use rmcp::service::{NotificationContext, RequestContext};
-use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
-use schemars::JsonSchema;
-use serde::Deserialize;
+use rmcp::{ErrorData, RoleServer, ServerHandler, tool_handler};
 
 pub use link::DaemonLink;
-use link::is_transport_failure;
-use output::CappedBuffer;
-use results::{
-    BatchItem, BatchResult, DisconnectResult, ExecResult, HostInfo, HostsResult, StatusResult,
-    TransferResult,
-};
+use link::{is_transport_failure, never_sent};
 
-use crate::client::{ClientError, DaemonClient, resolve_local_path};
+use crate::client::{ClientError, DaemonClient};
 
 /// Hard ceiling on the per-call `max_output` override, per stream.
-const HARD_MAX_OUTPUT: u32 = 1024 * 1024;
+pub(crate) const HARD_MAX_OUTPUT: u32 = 1024 * 1024;
 /// Progress heartbeat interval: clients reset their own timeouts on it.
-const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// How long `tools/list` waits for the daemon to name the hosts (it starts the daemon when
 /// none runs, ~0.1 s); without an answer the tools are listed without host names.
 const HOST_NAMES_WAIT: Duration = Duration::from_secs(3);
+/// The least `max_output` a call may ask for, per stream; a smaller value is raised to it.
+pub(crate) const MIN_OUTPUT: u32 = 1024;
 
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct HostParams {
-    pub host: String,
+/// What a call does to the hosts, for saying what it means when the daemon is lost during it
+/// (and whether the shim may send it again to a new daemon). mcp-sshctl words its failures
+/// with it too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call<'a> {
+    /// Only reads state (`list_hosts`, `ssh_status`): calling again is safe.
+    Read,
+    /// Changes nothing more when repeated (`ssh_disconnect`).
+    Idempotent,
+    /// Runs a command on this host: once the daemon had it, it may have run.
+    Command(&'a str),
+    /// Moves files to (`upload`) or from this host.
+    Transfer { host: &'a str, upload: bool },
+    /// Any other call, whose effect is not known here.
+    Unknown,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ExecuteParams {
-    pub host: String,
-    pub command: String,
-    /// Seconds without output before stopping
-    #[serde(default)]
-    pub timeout: Option<u32>,
-    #[serde(default)]
-    pub cwd: Option<String>,
-    /// Bytes kept per stream
-    #[serde(default)]
-    pub max_output: Option<u32>,
+impl Call<'_> {
+    /// Whether sending the call again cannot do anything twice.
+    fn repeatable(self) -> bool {
+        matches!(self, Call::Read | Call::Idempotent)
+    }
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BatchParams {
-    pub host: String,
-    pub commands: Vec<String>,
-    /// Seconds without output before stopping
-    #[serde(default)]
-    pub timeout: Option<u32>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UploadParams {
-    pub host: String,
-    /// Local path (relative: to the client's cwd)
-    pub local_path: String,
-    /// Destination (a directory gets it by name)
-    pub remote_path: String,
-    /// Check SHA-256 on the host too
-    #[serde(default)]
-    pub verify: Option<bool>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DownloadParams {
-    pub host: String,
-    pub remote_path: String,
-    /// Destination (relative: to the client's cwd; a directory gets it by name)
-    pub local_path: String,
-    /// Check SHA-256 on the host too
-    #[serde(default)]
-    pub verify: Option<bool>,
+/// What the client was last told about the host names in `ssh_execute`'s description.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+enum Announced {
+    /// No `tools/list` answered yet: there is nothing to announce, the first answer is current.
+    #[default]
+    Nothing,
+    /// The names of the last `tools/list` answer or list-changed notification (`None`: the
+    /// tools were listed without names, the daemon did not tell them in time).
+    Names(Option<Vec<String>>),
 }
 
 #[derive(Clone)]
 pub struct Shim {
     tool_router: ToolRouter<Shim>,
     link: Arc<DaemonLink>,
-    /// Host names in the last `tools/list` answer or list-changed notification.
-    announced: Arc<std::sync::Mutex<Option<Vec<String>>>>,
-}
-
-/// One command to run, as a tool call describes it.
-struct CommandCall {
-    host: String,
-    command: String,
-    cwd: Option<String>,
-    timeout: Option<u32>,
-    max_output: Option<u32>,
-    batch: Option<pb::Batch>,
-}
-
-/// What one command produced, before it becomes a tool result.
-struct Ran {
-    result: ExecResult,
-    /// Set when the command could not run or was stopped (timeout, lost connection, ...).
-    error: Option<String>,
+    /// What the client was told about the host names; `tools/list` and the watcher of
+    /// configuration changes read the daemon's view and update this under its lock, so a change
+    /// is announced only when it differs from what the client has.
+    announced: Arc<std::sync::Mutex<Announced>>,
 }
 
 impl Shim {
     pub fn new(socket: Option<PathBuf>, config: Option<PathBuf>) -> Shim {
-        let mut tool_router = Self::tool_router();
-        for route in tool_router.map.values_mut() {
-            let mut input = compact_schema(&route.attr.input_schema);
-            drop_null_unions(&mut input);
-            route.attr.input_schema = Arc::new(input);
-            if let Some(out) = &route.attr.output_schema {
-                // Results explain themselves; their schema only needs the shape.
-                let mut shape = compact_schema(out);
-                strip_keys(&mut shape, &["description", "required"]);
-                drop_leaf_types(&mut shape);
-                route.attr.output_schema = Some(Arc::new(shape));
-            }
-        }
+        let mut tool_router = tools::router();
+        schema::compact_router(&mut tool_router);
         Shim {
             tool_router,
             link: Arc::new(DaemonLink::new(socket, config)),
@@ -146,15 +98,10 @@ impl Shim {
     }
 
     async fn client(&self, ctx: &RequestContext<RoleServer>) -> Result<DaemonClient, String> {
+        // Per request under protocol 2026-07-28, from `initialize` before it.
         let (name, version) = ctx
-            .peer
-            .peer_info()
-            .map(|info| {
-                (
-                    info.client_info.name.clone(),
-                    info.client_info.version.clone(),
-                )
-            })
+            .client_info()
+            .map(|info| (info.name, info.version))
             .unwrap_or_else(|| ("unknown MCP client".into(), String::new()));
         self.link
             .get(&name, &version)
@@ -162,114 +109,64 @@ impl Shim {
             .map_err(|e| client_error_text(&e))
     }
 
-    /// Calls `f` with the daemon client; if the daemon turned out to be gone before the call was
-    /// accepted, reconnects (restarting it) and tries once more. Such a call cannot have run.
+    /// Calls `f` with the daemon client; if the daemon turned out to be gone, reconnects
+    /// (restarting it) and sends the call once more when that cannot do anything twice: `call`
+    /// only reads or is idempotent, or no daemon can have received it. Failures in words.
     async fn with_daemon<T, F, Fut>(
         &self,
         ctx: &RequestContext<RoleServer>,
+        call: Call<'_>,
         f: F,
     ) -> Result<T, String>
     where
         F: Fn(DaemonClient) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
-        let client = self.client(ctx).await?;
-        match f(client).await {
-            Ok(v) => Ok(v),
-            Err(status) if is_transport_failure(&status) => {
-                tracing::warn!("lost the daemon ({status}); reconnecting");
-                self.link.reset().await;
-                let client = self.client(ctx).await?;
-                f(client).await.map_err(|s| status_text(&s))
-            }
-            Err(status) => Err(status_text(&status)),
-        }
+        self.with_daemon_once_more(ctx, call.repeatable(), f)
+            .await
+            .map_err(|e| e.map_or_else(|text| text, |status| status_text(&status, call)))
     }
 
-    /// Runs one command through the daemon, collecting bounded output and sending progress
-    /// heartbeats; cancellation drops the call, which stops the remote command.
-    async fn run_command(
+    /// [`Shim::with_daemon`] for calls that only read or are idempotent (sent again to a new
+    /// daemon after any transport failure), keeping the daemon's status (`Err(Ok)`) apart from
+    /// failures to reach it (`Err(Err)`, in words).
+    async fn with_daemon_status<T, F, Fut>(
         &self,
         ctx: &RequestContext<RoleServer>,
-        call: CommandCall,
-    ) -> Result<Ran, String> {
-        let limit = match call.max_output {
-            Some(n) => n.clamp(1024, HARD_MAX_OUTPUT),
-            None => self.default_output_limit(ctx).await?,
-        } as usize;
-        let request = pb::RunRequest {
-            host: call.host,
-            command: call.command,
-            cwd: call.cwd.unwrap_or_default(),
-            timeout_secs: call.timeout.unwrap_or(0),
-            batch: call.batch,
-        };
-        let mut stream = self
-            .with_daemon(ctx, |client| {
-                let request = request.clone();
-                async move {
-                    client
-                        .exec()
-                        .run(request)
-                        .await
-                        .map(tonic::Response::into_inner)
+        f: F,
+    ) -> Result<T, Result<tonic::Status, String>>
+    where
+        F: Fn(DaemonClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        self.with_daemon_once_more(ctx, true, f).await
+    }
+
+    /// Sends the call; after a transport failure, reconnects and sends it once more if
+    /// `repeatable` or nothing can have received it (invariant 5).
+    async fn with_daemon_once_more<T, F, Fut>(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        repeatable: bool,
+        f: F,
+    ) -> Result<T, Result<tonic::Status, String>>
+    where
+        F: Fn(DaemonClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let client = self.client(ctx).await.map_err(Err)?;
+        match f(client).await {
+            Err(status) if is_transport_failure(&status) => {
+                tracing::warn!("lost the daemon ({}); reconnecting", status.message());
+                self.link.reset().await;
+                if !repeatable && !never_sent(&status) {
+                    return Err(Ok(status));
                 }
-            })
-            .await?;
-        let started = Instant::now();
-        let (mut stdout, mut stderr) = (CappedBuffer::new(limit), CappedBuffer::new(limit));
-        let mut exit = None;
-        let mut failure = None;
-        let progress = ctx.meta.get_progress_token();
-        let mut ticker =
-            tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
-        loop {
-            tokio::select! {
-                message = stream.message() => match message {
-                    Ok(Some(event)) => match event.event {
-                        Some(run_event::Event::Stdout(data)) => stdout.push(&data),
-                        Some(run_event::Event::Stderr(data)) => stderr.push(&data),
-                        Some(run_event::Event::Exit(e)) => exit = Some(e),
-                        Some(run_event::Event::Started(_)) | None => {}
-                    },
-                    Ok(None) => break,
-                    Err(status) => {
-                        failure = Some(status_text(&status));
-                        break;
-                    }
-                },
-                _ = ticker.tick(), if progress.is_some() => {
-                    if let Some(token) = progress.clone() {
-                        let elapsed = started.elapsed().as_secs_f64();
-                        let last = stdout.last_line().or_else(|| stderr.last_line());
-                        let message = match last {
-                            Some(line) => format!("running {elapsed:.0} s; last output: {line}"),
-                            None => format!("running {elapsed:.0} s; no output yet"),
-                        };
-                        let param = ProgressNotificationParam::new(token, elapsed).with_message(message);
-                        let _ = ctx.peer.notify_progress(param).await;
-                    }
-                }
-                () = ctx.ct.cancelled() => {
-                    // Dropping the stream makes the daemon stop the remote command.
-                    drop(stream);
-                    return Err("cancelled by the client; the remote command is being stopped".into());
-                }
+                let client = self.client(ctx).await.map_err(Err)?;
+                f(client).await.map_err(Ok)
             }
+            other => other.map_err(Ok),
         }
-        if exit.is_none() && failure.is_none() {
-            failure = Some("the daemon ended the call without an exit status".into());
-        }
-        let result = ExecResult::new(
-            exit.as_ref(),
-            started.elapsed(),
-            stdout.finish(),
-            stderr.finish(),
-        );
-        Ok(Ran {
-            result,
-            error: failure,
-        })
     }
 
     async fn default_output_limit(&self, ctx: &RequestContext<RoleServer>) -> Result<u32, String> {
@@ -287,295 +184,28 @@ impl Shim {
         })
     }
 
-    /// The configured host names, connecting to (or starting) the daemon if needed, within
-    /// [`HOST_NAMES_WAIT`]; `None` when the daemon cannot tell them in time.
-    async fn host_names(&self, ctx: &RequestContext<RoleServer>) -> Option<Vec<String>> {
+    /// Waits until the daemon has told the configured host names, connecting to (or starting)
+    /// it if needed, within [`HOST_NAMES_WAIT`].
+    async fn wait_for_host_names(&self, ctx: &RequestContext<RoleServer>) {
         let ask = async {
             self.client(ctx).await.ok()?;
             let mut view = self.link.watch_config();
-            view.wait_for(Option::is_some)
-                .await
-                .ok()?
-                .as_ref()
-                .map(|v| v.host_names.clone())
+            view.wait_for(Option::is_some).await.ok().map(drop)
         };
-        tokio::time::timeout(HOST_NAMES_WAIT, ask)
-            .await
-            .ok()
-            .flatten()
-    }
-}
-
-#[tool_router]
-impl Shim {
-    /// List configured SSH hosts and their state.
-    #[tool(output_schema = schema::<HostsResult>(), annotations(read_only_hint = true, open_world_hint = false))]
-    async fn list_hosts(&self, ctx: RequestContext<RoleServer>) -> CallToolResult {
-        let listed = self
-            .with_daemon(&ctx, |client| async move {
-                client.hosts().list_hosts(pb::ListHostsRequest {}).await
-            })
-            .await;
-        let hosts = match listed {
-            Ok(reply) => reply.into_inner().hosts,
-            Err(text) => return error_result(text),
-        };
-        let mismatch = self.config_note(&ctx).await;
-        let result = HostsResult {
-            hosts: hosts.into_iter().map(HostInfo::from).collect(),
-            note: mismatch,
-        };
-        results::ok(result.text(), &result)
+        let _ = tokio::time::timeout(HOST_NAMES_WAIT, ask).await;
     }
 
-    /// Run a shell command on a host.
-    #[tool(output_schema = schema::<ExecResult>(), annotations(destructive_hint = true, open_world_hint = true))]
-    async fn ssh_execute(
-        &self,
-        Parameters(p): Parameters<ExecuteParams>,
-        ctx: RequestContext<RoleServer>,
-    ) -> CallToolResult {
-        let call = CommandCall {
-            host: p.host,
-            command: p.command,
-            cwd: p.cwd,
-            timeout: p.timeout,
-            max_output: p.max_output,
-            batch: None,
-        };
-        match self.run_command(&ctx, call).await {
-            Ok(Ran {
-                result,
-                error: None,
-            }) => results::ok(result.text(), &result),
-            Ok(Ran {
-                result,
-                error: Some(error),
-            }) => error_result(result.failure_text(&error)),
-            Err(text) => error_result(text),
-        }
-    }
-
-    /// Run commands in order; stops at the first failure.
-    #[tool(output_schema = schema::<BatchResult>(), annotations(destructive_hint = true, open_world_hint = true))]
-    async fn ssh_execute_batch(
-        &self,
-        Parameters(p): Parameters<BatchParams>,
-        ctx: RequestContext<RoleServer>,
-    ) -> CallToolResult {
-        if p.commands.is_empty() {
-            return error_result("commands must not be empty".into());
-        }
-        let mut items = Vec::new();
-        let mut failed = false;
-        let id = batch_id();
-        let size = u32::try_from(p.commands.len()).unwrap_or(u32::MAX);
-        for (index, command) in (0u32..).zip(&p.commands) {
-            let batch = Some(pb::Batch {
-                id: id.clone(),
-                index,
-                size,
-            });
-            if failed || ctx.ct.is_cancelled() {
-                items.push(BatchItem::not_run(command));
-                continue;
-            }
-            let call = CommandCall {
-                host: p.host.clone(),
-                command: command.clone(),
-                cwd: None,
-                timeout: p.timeout,
-                max_output: None,
-                batch,
-            };
-            let item = match self.run_command(&ctx, call).await {
-                Ok(Ran { result, error }) => BatchItem::ran(command, result, error),
-                Err(text) => BatchItem::failed_to_run(command, text),
-            };
-            failed = !item.succeeded();
-            items.push(item);
-        }
-        let result = BatchResult::new(&p.host, items);
-        if result.any_error() {
-            error_result(result.text())
-        } else {
-            results::ok(result.text(), &result)
-        }
-    }
-
-    /// Upload a file or directory (atomic).
-    #[tool(output_schema = schema::<TransferResult>(), annotations(destructive_hint = true, open_world_hint = true))]
-    async fn ssh_upload(
-        &self,
-        Parameters(p): Parameters<UploadParams>,
-        ctx: RequestContext<RoleServer>,
-    ) -> CallToolResult {
-        let verify = p.verify.unwrap_or(false);
-        self.run_transfer(
-            &ctx,
-            true,
-            pb::TransferRequest {
-                host: p.host,
-                local_path: p.local_path,
-                remote_path: p.remote_path,
-                verify,
-            },
-        )
-        .await
-    }
-
-    /// Download a file or directory (atomic).
-    #[tool(output_schema = schema::<TransferResult>(), annotations(destructive_hint = true, open_world_hint = true))]
-    async fn ssh_download(
-        &self,
-        Parameters(p): Parameters<DownloadParams>,
-        ctx: RequestContext<RoleServer>,
-    ) -> CallToolResult {
-        let verify = p.verify.unwrap_or(false);
-        self.run_transfer(
-            &ctx,
-            false,
-            pb::TransferRequest {
-                host: p.host,
-                local_path: p.local_path,
-                remote_path: p.remote_path,
-                verify,
-            },
-        )
-        .await
-    }
-
-    /// Check a host is reachable (connects if needed).
-    #[tool(output_schema = schema::<StatusResult>(), annotations(read_only_hint = true, open_world_hint = true))]
-    async fn ssh_status(
-        &self,
-        Parameters(p): Parameters<HostParams>,
-        ctx: RequestContext<RoleServer>,
-    ) -> CallToolResult {
-        let host = p.host.clone();
-        let probed = self
-            .with_daemon(&ctx, |client| {
-                let host = host.clone();
-                async move { client.hosts().probe(pb::ProbeRequest { host }).await }
-            })
-            .await;
-        let note = self.config_note(&ctx).await;
-        let result = match probed {
-            Ok(reply) => StatusResult::reachable(reply.into_inner().host.unwrap_or_default(), note),
-            // An unknown host name is a mistake to fix, not a status.
-            Err(text) if text.starts_with("unknown host") => return error_result(text),
-            Err(text) => StatusResult::unreachable(&p.host, text, note),
-        };
-        results::ok(result.text(), &result)
-    }
-
-    /// Close the SSH connection to a host.
-    #[tool(output_schema = schema::<DisconnectResult>(), annotations(idempotent_hint = true, destructive_hint = false, open_world_hint = false))]
-    async fn ssh_disconnect(
-        &self,
-        Parameters(p): Parameters<HostParams>,
-        ctx: RequestContext<RoleServer>,
-    ) -> CallToolResult {
-        let host = p.host.clone();
-        let done = self
-            .with_daemon(&ctx, |client| {
-                let host = host.clone();
-                async move {
-                    client
-                        .hosts()
-                        .disconnect(pb::DisconnectRequest { host })
-                        .await
-                }
-            })
-            .await;
-        match done {
-            Ok(reply) => {
-                let reply = reply.into_inner();
-                let result = DisconnectResult {
-                    host: p.host,
-                    was_connected: reply.was_connected,
-                    interrupted_calls: reply.interrupted_calls,
-                };
-                results::ok(result.text(), &result)
-            }
-            Err(text) => error_result(text),
-        }
+    /// The host names as the daemon last told them (`None` before it did).
+    fn current_host_names(&self) -> Option<Vec<String>> {
+        self.link
+            .watch_config()
+            .borrow()
+            .as_ref()
+            .map(|view| view.host_names.clone())
     }
 }
 
 impl Shim {
-    /// Runs a transfer through the daemon, turning its progress into MCP progress notifications.
-    async fn run_transfer(
-        &self,
-        ctx: &RequestContext<RoleServer>,
-        upload: bool,
-        mut request: pb::TransferRequest,
-    ) -> CallToolResult {
-        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-        request.local_path = resolve_local_path(&request.local_path, &cwd)
-            .display()
-            .to_string();
-        let verify = request.verify;
-        let started = self
-            .with_daemon(ctx, |client| {
-                let request = request.clone();
-                async move {
-                    let mut files = client.files();
-                    let stream = if upload {
-                        files.upload(request).await
-                    } else {
-                        files.download(request).await
-                    };
-                    stream.map(tonic::Response::into_inner)
-                }
-            })
-            .await;
-        let mut stream = match started {
-            Ok(stream) => stream,
-            Err(text) => return error_result(text),
-        };
-        let token = ctx.meta.get_progress_token();
-        let mut last = pb::TransferProgress::default();
-        let mut ticker =
-            tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
-        loop {
-            let event = tokio::select! {
-                message = stream.message() => message,
-                _ = ticker.tick(), if token.is_some() => {
-                    if let Some(token) = token.clone() {
-                        let _ = ctx.peer.notify_progress(transfer_progress(token, &last)).await;
-                    }
-                    continue;
-                }
-                () = ctx.ct.cancelled() => {
-                    drop(stream);
-                    return error_result("cancelled by the client; the transfer was stopped and its temporary file removed".into());
-                }
-            };
-            match event {
-                Ok(Some(pb::TransferEvent {
-                    event: Some(pb::transfer_event::Event::Progress(p)),
-                })) => last = p,
-                Ok(Some(pb::TransferEvent {
-                    event: Some(pb::transfer_event::Event::Done(done)),
-                })) => {
-                    let result = TransferResult::new(done, verify);
-                    let text = result.text(if upload { "uploaded" } else { "downloaded" });
-                    return if result.verified == Some(false) {
-                        error_result(text)
-                    } else {
-                        results::ok(text, &result)
-                    };
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    return error_result("the daemon ended the transfer without a result".into());
-                }
-                Err(status) => return error_result(status_text(&status)),
-            }
-        }
-    }
-
     /// A note when the running daemon serves another hosts.json than this shim was given.
     async fn config_note(&self, ctx: &RequestContext<RoleServer>) -> Option<String> {
         let client = self.client(ctx).await.ok()?;
@@ -590,12 +220,14 @@ impl ServerHandler for Shim {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_tool_list_changed()
+                .enable_tasks()
                 .build(),
         )
         .with_server_info(Implementation::new("mcp-ssh", env!("CARGO_PKG_VERSION")))
         .with_instructions(
             "Run commands and move files on the SSH hosts configured in hosts.json. \
-             Call list_hosts to see host names and their state."
+             Call list_hosts to see host names and their state. Start commands that may run \
+             for minutes or more with ssh_job_start."
                 .to_string(),
         )
     }
@@ -607,16 +239,57 @@ impl ServerHandler for Shim {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let names = self.host_names(&context).await;
-        let mut tools = self.tool_router.list_all();
-        if let Some(names) = &names
-            && let Some(tool) = tools.iter_mut().find(|t| t.name == "ssh_execute")
-        {
-            let base = tool.description.as_deref().unwrap_or_default();
-            tool.description = Some(format!("{base} {}", hosts_sentence(names)).into());
-        }
-        *lock(&self.announced) = names;
-        Ok(ListToolsResult::with_all_items(tools))
+        self.wait_for_host_names(&context).await;
+        let names = {
+            // Read and recorded under the lock the change watcher takes: a change is announced
+            // only if it is not in this answer.
+            let mut announced = lock(&self.announced);
+            let names = self.current_host_names();
+            *announced = Announced::Names(names.clone());
+            names
+        };
+        Ok(ListToolsResult::with_all_items(
+            self.tools(names.as_deref()),
+        ))
+    }
+
+    /// `tools/call` through the router, with plain words for what rmcp reports in serde's
+    /// terms: an unknown tool, arguments that do not fit the tool (`arguments.rs`).
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let Some(tool) = self.tool_router.get(&request.name).cloned() else {
+            return Err(ErrorData::invalid_params(
+                arguments::unknown_tool_text(&request.name, &self.tool_router.list_all()),
+                None,
+            ));
+        };
+        let given = request.arguments.clone();
+        let response = self
+            .tool_router
+            .call(ToolCallContext::new(self, request, context))
+            .await?;
+        Ok(arguments::explain(&tool, given.as_ref(), response))
+    }
+
+    /// `tasks/get`: the task is a job; the daemon knows its state (see `tasks.rs`).
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        self.get_job_task(&request.task_id, &context).await
+    }
+
+    /// `tasks/cancel`: kills the job.
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.cancel_job_task(&request.task_id, &context).await
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
@@ -624,13 +297,19 @@ impl ServerHandler for Shim {
         let announced = self.announced.clone();
         tokio::spawn(async move {
             while changes.changed().await.is_ok() {
-                let names = changes
-                    .borrow_and_update()
-                    .as_ref()
-                    .map(|view| view.host_names.clone());
-                let Some(names) = names else { continue };
-                if lock(&announced).replace(names.clone()) == Some(names) {
-                    continue;
+                {
+                    let mut told = lock(&announced);
+                    let names = changes
+                        .borrow_and_update()
+                        .as_ref()
+                        .map(|view| view.host_names.clone());
+                    let Some(names) = names else { continue };
+                    match &*told {
+                        // Not listed yet: the first tools/list will have these names.
+                        Announced::Nothing => continue,
+                        Announced::Names(Some(old)) if *old == names => continue,
+                        Announced::Names(_) => *told = Announced::Names(Some(names)),
+                    }
                 }
                 tracing::info!("the daemon's hosts changed; telling the client");
                 if context.peer.notify_tool_list_changed().await.is_err() {
@@ -638,6 +317,21 @@ impl ServerHandler for Shim {
                 }
             }
         });
+    }
+}
+
+impl Shim {
+    /// The tools as `tools/list` gives them, `ssh_execute`'s description ending with the host
+    /// names when they are known.
+    fn tools(&self, host_names: Option<&[String]>) -> Vec<Tool> {
+        let mut tools = self.tool_router.list_all();
+        if let Some(names) = host_names
+            && let Some(tool) = tools.iter_mut().find(|t| t.name == "ssh_execute")
+        {
+            let base = tool.description.as_deref().unwrap_or_default();
+            tool.description = Some(format!("{base} {}", hosts_sentence(names)).into());
+        }
+        tools
     }
 }
 
@@ -660,168 +354,138 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Drops schema keywords that cost context on every turn and tell a model nothing it needs
-/// (`$schema`, integer `format`s, `minimum: 0` on counts, `default: null`,
-/// `additionalProperties`); arguments are still validated in full (unknown ones refused) when
-/// they are deserialized.
-fn compact_schema(schema: &rmcp::model::JsonObject) -> rmcp::model::JsonObject {
-    fn noise(key: &str, value: &serde_json::Value) -> bool {
-        match key {
-            "$schema" | "format" | "additionalProperties" => true,
-            "minimum" => value.as_u64() == Some(0),
-            "default" => value.is_null(),
-            _ => false,
-        }
-    }
-    fn walk(value: &serde_json::Value) -> serde_json::Value {
-        match value {
-            serde_json::Value::Object(map) => serde_json::Value::Object(
-                map.iter()
-                    .filter(|(k, v)| !noise(k, v))
-                    .map(|(k, v)| (k.clone(), walk(v)))
-                    .collect(),
-            ),
-            serde_json::Value::Array(items) => {
-                serde_json::Value::Array(items.iter().map(walk).collect())
-            }
-            other => other.clone(),
-        }
-    }
-    match walk(&serde_json::Value::Object(schema.clone())) {
-        serde_json::Value::Object(map) => map,
-        _ => schema.clone(),
-    }
-}
-
-fn strip_keys(schema: &mut rmcp::model::JsonObject, keys: &[&str]) {
-    fn walk(value: &mut serde_json::Value, keys: &[&str]) {
-        match value {
-            serde_json::Value::Object(map) => {
-                for key in keys {
-                    // A property may itself be named like a keyword; only drop keyword values.
-                    if map.get(*key).is_some_and(|v| v.is_string() || v.is_array()) {
-                        map.remove(*key);
-                    }
-                }
-                map.values_mut().for_each(|v| walk(v, keys));
-            }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| walk(v, keys)),
-            _ => {}
-        }
-    }
-    for key in keys {
-        if schema
-            .get(*key)
-            .is_some_and(|v| v.is_string() || v.is_array())
-        {
-            schema.remove(*key);
-        }
-    }
-    schema.values_mut().for_each(|v| walk(v, keys));
-}
-
-/// `["integer", "null"]` → `"integer"` for optional arguments: leaving one out is how to say
-/// "default" (an explicit null is still accepted).
-fn drop_null_unions(schema: &mut rmcp::model::JsonObject) {
-    fn walk(value: &mut serde_json::Value, key: &str) {
-        let serde_json::Value::Object(map) = value else {
-            return;
-        };
-        if key != "exit_code"
-            && let Some(serde_json::Value::Array(types)) = map.get("type")
-            && types.len() == 2
-            && types.iter().any(|t| t == "null")
-            && let Some(kept) = types.iter().find(|t| *t != "null").cloned()
-        {
-            map.insert("type".into(), kept);
-        }
-        for (k, v) in map.iter_mut() {
-            walk(v, k);
-        }
-    }
-    for (k, v) in schema.iter_mut() {
-        walk(v, k);
-    }
-}
-
-/// Output schemas keep the shape (objects, arrays, property names) and leave out the scalar type
-/// of each field: a result's JSON says that itself, and tools/list is sent on every turn.
-fn drop_leaf_types(schema: &mut rmcp::model::JsonObject) {
-    fn is_leaf(map: &serde_json::Map<String, serde_json::Value>) -> bool {
-        let scalar = |t: &serde_json::Value| {
-            matches!(
-                t.as_str(),
-                Some("string" | "integer" | "number" | "boolean" | "null")
-            )
-        };
-        match map.get("type") {
-            Some(serde_json::Value::Array(types)) => types.iter().all(scalar),
-            Some(t) => scalar(t),
-            None => false,
-        }
-    }
-    fn walk(value: &mut serde_json::Value) {
-        match value {
-            serde_json::Value::Object(map) => {
-                if is_leaf(map) {
-                    map.remove("type");
-                }
-                map.values_mut().for_each(walk);
-            }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
-            _ => {}
-        }
-    }
-    schema.values_mut().for_each(walk);
-}
-
-fn schema<T: JsonSchema + 'static>() -> Arc<rmcp::model::JsonObject> {
-    rmcp::handler::server::common::schema_for_output::<T>()
-}
-
-/// Identifies one batch in the audit log: this shim's pid, the time, and a counter.
-fn batch_id() -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(1);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    format!(
-        "{}-{now}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn transfer_progress(
-    token: rmcp::model::ProgressToken,
-    p: &pb::TransferProgress,
-) -> ProgressNotificationParam {
-    let mib = |b: u64| b as f64 / 1_048_576.0;
-    let message = format!(
-        "{:.1} of {:.1} MiB, {} of {} files",
-        mib(p.bytes_done),
-        mib(p.bytes_total),
-        p.files_done,
-        p.files_total
-    );
-    ProgressNotificationParam::new(token, p.bytes_done as f64)
-        .with_total(p.bytes_total as f64)
-        .with_message(message)
-}
-
-fn error_result(text: String) -> CallToolResult {
+pub(crate) fn error_result(text: String) -> CallToolResult {
     CallToolResult::error(vec![rmcp::model::ContentBlock::text(text)])
 }
 
-fn status_text(status: &tonic::Status) -> String {
+/// A failed daemon call in words: the daemon's own message, or, when the daemon itself was lost,
+/// what that means for this `call` (never the transport's internals).
+pub fn status_text(status: &tonic::Status, call: Call<'_>) -> String {
     if is_transport_failure(status) {
-        return format!("lost the connection to mcp-sshd ({status}); retry the call");
+        tracing::warn!("lost mcp-sshd during a call: {}", status.message());
+        return lost_daemon_text(never_sent(status), call);
     }
     status.message().to_string()
 }
 
+/// What a daemon lost during `call` means, and what to do: a command that may have run is to be
+/// checked, not run again blindly. `never_sent`: nothing listened, so nothing was done.
+fn lost_daemon_text(never_sent: bool, call: Call<'_>) -> String {
+    const NEXT: &str = "the next call starts a new mcp-sshd";
+    if never_sent {
+        return format!(
+            "the call did not reach mcp-sshd (nothing listens on its socket), so nothing was done; \
+             {NEXT}"
+        );
+    }
+    match call {
+        Call::Unknown => format!(
+            "mcp-sshd stopped during the call, so whether it took effect is unknown: check \
+             before doing it again; {NEXT}"
+        ),
+        Call::Read | Call::Idempotent => format!(
+            "mcp-sshd stopped during the call, so it has no result; calling it again is safe \
+             ({NEXT})"
+        ),
+        Call::Command(host) => format!(
+            "mcp-sshd stopped during the call, so its result is lost: the command may or may not \
+             have run on {host}, and may still be running there. Check on {host} whether it ran \
+             (its effects, or its processes) before running it again; {NEXT}."
+        ),
+        Call::Transfer { host, upload } => {
+            let (what, destination) = if upload {
+                ("upload to", format!("the destination on {host}"))
+            } else {
+                ("download from", "the local destination".to_string())
+            };
+            format!(
+                "mcp-sshd stopped during the {what} {host}, so its result is lost: each file of \
+                 {destination} is either complete or as it was before (files are replaced whole). \
+                 Check it before transferring again; {NEXT}."
+            )
+        }
+    }
+}
+
+/// The per-stream output limit for a call's `max_output`: within [`MIN_OUTPUT`] and
+/// [`HARD_MAX_OUTPUT`], with a note for the result when the value asked for was changed.
+pub(crate) fn output_limit(asked: u32) -> (u32, Option<String>) {
+    let note = if asked < MIN_OUTPUT {
+        Some(format!(
+            "max_output {asked} is below the minimum: {MIN_OUTPUT} bytes per stream were kept"
+        ))
+    } else if asked > HARD_MAX_OUTPUT {
+        Some(format!(
+            "max_output {asked} is above the maximum: {HARD_MAX_OUTPUT} bytes per stream were kept"
+        ))
+    } else {
+        None
+    };
+    (asked.clamp(MIN_OUTPUT, HARD_MAX_OUTPUT), note)
+}
+
 fn client_error_text(e: &ClientError) -> String {
-    e.to_string()
+    match e {
+        // The handshake itself failed: the daemon's words, or the daemon lost in words.
+        ClientError::Rpc(status) => status_text(status, Call::Unknown),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lost(kind: std::io::ErrorKind) -> tonic::Status {
+        tonic::Status::from_error(Box::new(std::io::Error::new(kind, "h2 protocol error")))
+    }
+
+    #[test]
+    fn a_daemon_lost_during_a_call_is_said_in_words_for_what_the_call_does() {
+        let status = lost(std::io::ErrorKind::BrokenPipe);
+        let command = status_text(&status, Call::Command("gpu"));
+        assert!(
+            command.contains("the command may or may not have run on gpu"),
+            "{command}"
+        );
+        assert!(command.contains("Check on gpu"), "{command}");
+        let read = status_text(&status, Call::Read);
+        assert!(read.contains("calling it again is safe"), "{read}");
+        let upload = status_text(
+            &status,
+            Call::Transfer {
+                host: "gpu",
+                upload: true,
+            },
+        );
+        assert!(upload.contains("upload to gpu"), "{upload}");
+        let refused = status_text(&lost(std::io::ErrorKind::ConnectionRefused), Call::Unknown);
+        assert!(refused.contains("nothing was done"), "{refused}");
+        for text in [
+            command,
+            read,
+            upload,
+            refused,
+            status_text(&status, Call::Unknown),
+        ] {
+            assert!(!text.to_lowercase().contains("retry"), "{text}");
+            for internal in ["h2 ", "code:", "source:", "Custom", "Kind("] {
+                assert!(!text.contains(internal), "{internal}: {text}");
+            }
+        }
+        // The daemon's own statuses are its words.
+        let own = tonic::Status::not_found("unknown host \"x\"");
+        assert_eq!(status_text(&own, Call::Command("x")), "unknown host \"x\"");
+    }
+
+    #[test]
+    fn max_output_outside_its_range_is_changed_and_said() {
+        assert_eq!(output_limit(4096), (4096, None));
+        let (limit, note) = output_limit(10);
+        assert_eq!(limit, MIN_OUTPUT);
+        assert!(note.unwrap().contains("below the minimum"));
+        let (limit, note) = output_limit(u32::MAX);
+        assert_eq!(limit, HARD_MAX_OUTPUT);
+        assert!(note.unwrap().contains("above the maximum"));
+    }
 }

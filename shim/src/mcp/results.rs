@@ -1,5 +1,7 @@
 //! Tool results: each has a structured form (with an output schema) and a short text form that
-//! leads with the outcome.
+//! leads with the outcome. The job tools' results are in `results/jobs.rs`.
+
+pub mod jobs;
 
 use std::time::Duration;
 
@@ -45,6 +47,9 @@ pub struct ExecResult {
     pub stderr_cut: u64,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub invalid_utf8: bool,
+    /// e.g. that `max_output` was raised to the minimum
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl ExecResult {
@@ -65,6 +70,7 @@ impl ExecResult {
             stderr_cut: stderr.cut_bytes,
             stdout: stdout.text,
             stderr: stderr.text,
+            note: None,
         }
     }
 
@@ -95,18 +101,31 @@ impl ExecResult {
         text
     }
 
+    fn note_text(&self) -> String {
+        self.note
+            .as_ref()
+            .map(|note| format!("\n[{note}]"))
+            .unwrap_or_default()
+    }
+
     /// `exit 0 (0.01 s)`, then stdout, then stderr under its own heading.
     pub fn text(&self) -> String {
-        format!("{}{}", self.outcome(), self.output_text())
+        format!(
+            "{}{}{}",
+            self.outcome(),
+            self.output_text(),
+            self.note_text()
+        )
     }
 
     /// The error first, then whatever output arrived before it.
     pub fn failure_text(&self, error: &str) -> String {
         let output = self.output_text();
+        let note = self.note_text();
         if output.is_empty() {
-            error.to_string()
+            format!("{error}{note}")
         } else {
-            format!("{error}\n\noutput before that:{output}")
+            format!("{error}\n\noutput before that:{output}{note}")
         }
     }
 }
@@ -160,19 +179,28 @@ impl BatchItem {
     }
 }
 
+/// A batch as JSON alone reads it: how many commands ran, how many of those succeeded (exit
+/// 0), how many were not run because an earlier one failed.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct BatchResult {
     pub host: String,
-    pub completed: usize,
+    pub ran: usize,
+    pub succeeded: usize,
+    pub not_run: usize,
     pub results: Vec<BatchItem>,
 }
 
 impl BatchResult {
     pub fn new(host: &str, results: Vec<BatchItem>) -> BatchResult {
-        let completed = results.iter().filter(|i| i.succeeded()).count();
+        let count = |status: &str| results.iter().filter(|i| i.status == status).count();
+        let (succeeded, not_run) = (count("ok"), count("not_run"));
+        // A command that could not start (host unreachable) has no result: it did not run.
+        let ran = results.iter().filter(|i| i.result.is_some()).count();
         BatchResult {
             host: host.into(),
-            completed,
+            ran,
+            succeeded,
+            not_run,
             results,
         }
     }
@@ -183,11 +211,15 @@ impl BatchResult {
 
     pub fn text(&self) -> String {
         let mut text = format!(
-            "{} of {} commands succeeded on {}\n",
-            self.completed,
+            "{} of {} commands succeeded on {}",
+            self.succeeded,
             self.results.len(),
             self.host
         );
+        if self.not_run > 0 {
+            text.push_str(&format!(" ({} not run)", self.not_run));
+        }
+        text.push('\n');
         for (n, item) in self.results.iter().enumerate() {
             let body = match (&item.result, &item.error) {
                 (Some(r), Some(e)) => r.failure_text(e),
@@ -292,7 +324,14 @@ impl StatusResult {
         }
     }
 
-    pub fn unreachable(host: &str, error: String, note: Option<String>) -> StatusResult {
+    /// `channel_limit`: what a connection would have (as `list_hosts` tells it), so the field
+    /// means the same whether connected or not.
+    pub fn unreachable(
+        host: &str,
+        error: String,
+        channel_limit: u32,
+        note: Option<String>,
+    ) -> StatusResult {
         StatusResult {
             host: host.into(),
             reachable: false,
@@ -301,7 +340,7 @@ impl StatusResult {
             server_version: None,
             host_key_fingerprint: None,
             channels_in_use: 0,
-            channel_limit: 0,
+            channel_limit,
             note,
         }
     }
@@ -355,7 +394,9 @@ pub struct TransferResult {
     pub bytes: u64,
     pub files: u32,
     pub duration_ms: u64,
-    pub mib_per_s: f64,
+    /// Only from 1 MiB on: below, the rate says more about latency than throughput.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mib_per_s: Option<f64>,
     pub sha256: String,
     pub destination: String,
     #[serde(skip_serializing_if = "is_zero_u32")]
@@ -377,7 +418,8 @@ impl TransferResult {
             bytes: done.bytes,
             files: done.files,
             duration_ms: done.duration_ms,
-            mib_per_s: ((done.bytes as f64 / (1024.0 * 1024.0)) / secs * 10.0).round() / 10.0,
+            mib_per_s: (done.bytes >= 1_048_576)
+                .then(|| ((done.bytes as f64 / 1_048_576.0) / secs * 10.0).round() / 10.0),
             sha256: done.sha256,
             destination: done.destination,
             skipped: done.skipped,
@@ -392,12 +434,10 @@ impl TransferResult {
         } else {
             format!("{} files", self.files)
         };
-        // Below a MiB the rate says more about latency than throughput.
-        let rate = if self.bytes >= 1_048_576 {
-            format!(" ({} MiB/s)", self.mib_per_s)
-        } else {
-            String::new()
-        };
+        let rate = self
+            .mib_per_s
+            .map(|rate| format!(" ({rate} MiB/s)"))
+            .unwrap_or_default();
         let mut text = format!(
             "{verb} {} ({files}) to {} in {}{rate}\nsha256 {}",
             human_bytes(self.bytes),

@@ -1,0 +1,573 @@
+//! Jobs on the host: the supervisor that runs a command detached from the SSH session, the probe
+//! that reads a job's state and bounded windows of its output, the kill, and the removal.
+//!
+//! Everything a job is lives in its directory on the host
+//! (`${XDG_CACHE_HOME:-~/.cache}/mcp-ssh/jobs/<hex>`, 0700):
+//! - `command`: the command as given, for a human looking at the directory;
+//! - `pid`: `<supervisor pid> <process group> <start time>`, written by the supervisor;
+//! - `stdout`, `stderr`: the command's output streams, appended to as it runs;
+//! - `rc`: `<exit status> <end time>`, written by the supervisor once the command ended (a shell
+//!   reports death by signal N as 128+N);
+//! - `killed`: the signal `Kill` sent, written before sending it.
+//!
+//! The supervisor is a `sh` in a session of its own (`setsid`) with stdin, stdout and stderr on
+//! /dev/null, so no SSH channel holds it: closing the connection or killing sshd's session leaves
+//! it running. It traps TERM, INT and HUP (a caught signal is reset in the command it runs, an
+//! ignored one would not be), so a kill of the whole group still lets it record the status.
+//!
+//! Every script here runs under `sh -c`, whatever the login shell is; the user's command itself
+//! runs under the login shell (`$SHELL -c`), as `ssh_execute`'s does. Scripts only use POSIX sh
+//! and the utilities every Linux and BSD has (`head -c`, `tail -c`, `wc -c`).
+
+use std::time::Duration;
+
+use russh::ChannelMsg;
+
+use super::connection::ChannelSlot;
+use super::exec::{shell_quote, stop_group_script};
+use super::{Connection, SshError};
+
+/// The name the supervisor runs under (its `$0`): how the probe tells our supervisor from an
+/// unrelated process that reused its pid.
+const SUPERVISOR_NAME: &str = "mcp-ssh-job";
+/// How much of the end of the latest stream the probe sends for the "last line".
+const TAIL_FOR_LAST_LINE: u64 = 512;
+/// A job directory's last component: lowercase hex, as `jobs.rs` makes them.
+const HEX_LEN: usize = 6;
+
+/// Output a daemon-owned script produced.
+#[derive(Debug, Default)]
+pub struct Captured {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub code: Option<u32>,
+}
+
+/// Runs a script of ours (not a user's command) on `channel` and collects everything it prints,
+/// within `deadline`.
+pub async fn capture(
+    conn: &Connection,
+    (mut channel, _slot): (russh::Channel<russh::client::Msg>, ChannelSlot),
+    script: &str,
+    deadline: Duration,
+) -> Result<Captured, SshError> {
+    let command = format!("sh -c {}", shell_quote(script));
+    let run = async {
+        channel
+            .exec(true, command.into_bytes())
+            .await
+            .map_err(|_| conn.lost_error())?;
+        let mut out = Captured::default();
+        loop {
+            tokio::select! {
+                msg = channel.wait() => match msg {
+                    Some(ChannelMsg::Data { data }) => out.stdout.extend_from_slice(&data),
+                    Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                        out.stderr.extend_from_slice(&data);
+                    }
+                    Some(ChannelMsg::ExitStatus { exit_status }) => out.code = Some(exit_status),
+                    Some(ChannelMsg::Close) | None => {
+                        if out.code.is_none() && !conn.is_alive() {
+                            return Err(conn.lost_error());
+                        }
+                        return Ok(out);
+                    }
+                    Some(_) => {}
+                },
+                () = conn.lost() => return Err(conn.lost_error()),
+            }
+        }
+    };
+    match tokio::time::timeout(deadline, run).await {
+        Ok(result) => result,
+        Err(_) => {
+            let _ = channel.close().await;
+            Err(SshError::HostTimeout {
+                target: conn.host().target(),
+                secs: deadline.as_secs(),
+            })
+        }
+    }
+}
+
+/// Whether `dir` is a job directory as [`start_script`] makes them, so it is safe to remove.
+pub fn is_job_dir(dir: &str) -> bool {
+    let Some((parent, hex)) = dir.rsplit_once('/') else {
+        return false;
+    };
+    dir.starts_with('/')
+        && parent.ends_with("/mcp-ssh/jobs")
+        && hex.len() == HEX_LEN
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        && !dir.contains(['\n', '\0'])
+        && !dir.split('/').any(|part| part == "..")
+}
+
+/// The supervisor, run by `sh -c` with `$1` the job directory, `$2` the working directory, `$3`
+/// the command and `$4` either `s` (it leads a session of its own) or its process group.
+/// Times are nanoseconds since the epoch on the host's clock (whole seconds where `date` has
+/// no `%N`), so a duration never mixes two machines' clocks.
+const SUPERVISOR: &str = r#"d=$1; trap : TERM INT HUP
+now() { t=$(date +%s%N 2>/dev/null); case $t in *[!0-9]*|"") t=$(date +%s)000000000 ;; esac; echo "$t"; }
+g=$4; [ "$g" = s ] && g=$$
+echo "$$ $g $(now)" > "$d/pid.tmp" && mv -f "$d/pid.tmp" "$d/pid"
+if [ -n "$2" ] && ! cd -- "$2" 2>>"$d/stderr"; then r=1; else
+"${SHELL:-/bin/sh}" -c "$3" </dev/null >>"$d/stdout" 2>>"$d/stderr"; r=$?; fi
+echo "$r $(now)" > "$d/rc.tmp" && mv -f "$d/rc.tmp" "$d/rc"
+"#;
+
+/// What [`start_script`] reported.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StartOutcome {
+    Started {
+        dir: String,
+        /// The host's boot id when the job started (`-` where the host has none).
+        boot_id: String,
+    },
+    /// A directory of that name exists (another daemon's job): pick another id.
+    IdTaken,
+    /// The working directory does not exist.
+    NoCwd,
+    /// The job directory could not be created; the text says why.
+    Failed(String),
+}
+
+/// The script that creates the job directory and starts the supervisor in the background.
+///
+/// `setsid -f` (util-linux ≥ 2.31) is preferred: the supervisor is then no asynchronous list of
+/// the shell, which POSIX makes ignore SIGINT (and an ignored signal cannot be trapped or reset,
+/// so the command would ignore `Kill`'s INT). Without it: `setsid … &`, then a plain `&` in the
+/// login session's process group (macOS and some BSDs have no setsid).
+pub fn start_script(hex: &str, command: &str, cwd: Option<&str>) -> String {
+    format!(
+        r#"umask 077
+b="${{XDG_CACHE_HOME:-$HOME/.cache}}/mcp-ssh/jobs"
+[ -d "$b" ] || mkdir -p "$b" || {{ echo "MCPSSH-FAILED cannot create $b"; exit 0; }}
+d=$b/{hex}
+mkdir "$d" 2>/dev/null || {{ [ -d "$d" ] && echo MCPSSH-TAKEN || echo "MCPSSH-FAILED cannot create $d"; exit 0; }}
+c={cwd}
+case $c in "~") c=$HOME ;; "~/"*) c=$HOME/${{c#"~/"}} ;; esac
+if [ -n "$c" ] && [ ! -d "$c" ]; then rmdir "$d"; echo MCPSSH-NOCWD; exit 0; fi
+sup={sup}; cmd={cmd}
+printf '%s\n' "$cmd" > "$d/command"; : > "$d/stdout"; : > "$d/stderr"
+if setsid -f sh -c "$sup" {name} "$d" "$c" "$cmd" s </dev/null >/dev/null 2>&1; then :
+elif command -v setsid >/dev/null 2>&1; then setsid sh -c "$sup" {name} "$d" "$c" "$cmd" s </dev/null >/dev/null 2>&1 &
+else g=$(ps -o pgid= -p $$ 2>/dev/null | tr -d ' '); sh -c "$sup" {name} "$d" "$c" "$cmd" "${{g:-$$}}" </dev/null >/dev/null 2>&1 &
+fi
+i=-; [ -r /proc/sys/kernel/random/boot_id ] && read -r i < /proc/sys/kernel/random/boot_id
+printf 'MCPSSH-JOB %s %s\n' "$i" "$d"
+"#,
+        cwd = shell_quote(cwd.unwrap_or("")),
+        sup = shell_quote(SUPERVISOR),
+        cmd = shell_quote(command),
+        name = SUPERVISOR_NAME,
+    )
+}
+
+pub fn parse_start(out: &Captured) -> StartOutcome {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or("").trim_end();
+    if let Some(rest) = line.strip_prefix("MCPSSH-JOB ")
+        && let Some((boot_id, dir)) = rest.split_once(' ')
+    {
+        return StartOutcome::Started {
+            dir: dir.to_string(),
+            boot_id: boot_id.to_string(),
+        };
+    }
+    match line {
+        "MCPSSH-TAKEN" => StartOutcome::IdTaken,
+        "MCPSSH-NOCWD" => StartOutcome::NoCwd,
+        _ => StartOutcome::Failed(match line.strip_prefix("MCPSSH-FAILED ") {
+            Some(why) => why.to_string(),
+            None => {
+                let said = String::from_utf8_lossy(&out.stderr);
+                let said = said.trim();
+                if said.is_empty() {
+                    match out.code {
+                        Some(code) => format!("the start script ended with status {code}"),
+                        None => "the start script ended without an exit status".to_string(),
+                    }
+                } else {
+                    said.chars().take(300).collect()
+                }
+            }
+        }),
+    }
+}
+
+/// Which part of a stream to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowAsk {
+    /// Start of the window; `None`: the last `max` bytes.
+    pub offset: Option<u64>,
+    pub max: u64,
+    /// Also the first bytes of the stream, up to this many, when the window starts after them.
+    pub head: u64,
+}
+
+/// A job to probe, and the windows to read (none: state, sizes and last line only).
+pub struct ProbeAsk<'a> {
+    pub dir: &'a str,
+    pub windows: Option<[WindowAsk; 2]>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Window {
+    pub offset: u64,
+    pub data: Vec<u8>,
+    pub head: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteState {
+    Running,
+    /// The supervisor recorded the status.
+    Ended {
+        status: i32,
+        /// How long it ran, by the host's clock (start and end as the supervisor saw them).
+        ran_ms: Option<u64>,
+    },
+    /// The processes are gone and no status was recorded.
+    Vanished {
+        /// systemd-logind on the host kills a user's processes at logout, and the user has no
+        /// linger: the likely cause.
+        logind_kills: bool,
+    },
+    /// The job directory is gone.
+    Missing,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub state: RemoteState,
+    /// The signal `Kill` sent, if it did.
+    pub killed: Option<String>,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    /// The end of the stream written last, for its last line.
+    pub tail: Vec<u8>,
+    pub windows: Option<[Window; 2]>,
+}
+
+/// What the probe knows about the host itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeReport {
+    pub boot_id: String,
+    pub jobs: Vec<Probe>,
+}
+
+/// The shell functions of the probe: `j DIR` prints one job, `w FILE SIZE OFFSET MAX HEAD` one
+/// window. A job line: `J state status end killed stdout-size stderr-size logind tail-len start`, then
+/// the tail bytes; a window: `W offset len head-len`, then the head bytes and the window bytes.
+/// Sizes are read once per job, so the byte counts announced are exact (the files only grow).
+const PROBE_FUNCTIONS: &str = r#"alive() { kill -0 "$1" 2>/dev/null || return 1; [ -r "/proc/$1/cmdline" ] || return 0
+case "$(tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null)" in *"$2"*) return 0 ;; esac; return 1; }
+size() { if [ -f "$1" ]; then n=$(wc -c < "$1") || n=0; echo $((n + 0)); else echo 0; fi; }
+j() { d=$1; o=0; x=0; if [ ! -d "$d" ]; then echo "J missing - - - 0 0 0 0 -"; return; fi
+r=-; e=-; [ -f "$d/rc" ] && read -r r e < "$d/rc"
+k=-; [ -f "$d/killed" ] && read -r k < "$d/killed"
+p=-; g=-; t=-; [ -f "$d/pid" ] && read -r p g t < "$d/pid"
+s=running; lk=0
+if [ "$r" = - ] && [ "$p" != - ]; then
+ if ! alive "$p" "$d"; then [ -f "$d/rc" ] && read -r r e < "$d/rc"; [ "$r" = - ] && s=vanished; fi; fi
+[ "$r" != - ] && s=ended
+if [ $s = vanished ] && grep -qsE '^[[:space:]]*KillUserProcesses[[:space:]]*=[[:space:]]*(yes|true|1)' /etc/systemd/logind.conf /etc/systemd/logind.conf.d/*.conf && [ ! -e "/var/lib/systemd/linger/$(id -un)" ]; then lk=1; fi
+o=$(size "$d/stdout"); x=$(size "$d/stderr")
+f=$d/stdout; n=$o; if [ "$x" -gt 0 ] && { [ "$o" -eq 0 ] || [ "$d/stderr" -nt "$d/stdout" ]; }; then f=$d/stderr; n=$x; fi
+l=$((n < TAIL ? n : TAIL))
+echo "J $s $r $e $k $o $x $lk $l ${t:--}"; [ $l -gt 0 ] && tail -c +$((n - l + 1)) "$f" | head -c $l; return 0; }
+w() { wf=$1; wn=$2; wo=$3; wm=$4; wh=$5
+[ "$wo" = - ] && wo=$((wn > wm ? wn - wm : 0)); [ "$wo" -gt "$wn" ] && wo=$wn
+wl=$((wn - wo)); [ $wl -gt $wm ] && wl=$wm; whl=$((wo < wh ? wo : wh))
+echo "W $wo $wl $whl"; [ $whl -gt 0 ] && head -c $whl "$wf"; [ $wl -gt 0 ] && tail -c +$((wo + 1)) "$wf" | head -c $wl; return 0; }
+i=-; [ -r /proc/sys/kernel/random/boot_id ] && read -r i < /proc/sys/kernel/random/boot_id
+echo "B $i"
+"#;
+
+pub fn probe_script(asks: &[ProbeAsk]) -> String {
+    let mut script = PROBE_FUNCTIONS.replace("TAIL", &TAIL_FOR_LAST_LINE.to_string());
+    for ask in asks {
+        let dir = shell_quote(ask.dir);
+        script.push_str(&format!("j {dir}\n"));
+        if let Some(windows) = &ask.windows {
+            for (name, size_var, w) in
+                [("stdout", "$o", &windows[0]), ("stderr", "$x", &windows[1])]
+            {
+                let offset = w.offset.map_or_else(|| "-".to_string(), |o| o.to_string());
+                script.push_str(&format!(
+                    "w {dir}/{name} {size_var} {offset} {} {}\n",
+                    w.max, w.head
+                ));
+            }
+        }
+    }
+    script
+}
+
+/// Reads the probe's answer: one [`Probe`] per ask, in order.
+pub fn parse_probe(out: &[u8], asks: &[ProbeAsk]) -> Result<ProbeReport, String> {
+    let mut reader = Reader { rest: out };
+    let boot = reader.line()?;
+    let boot_id = boot
+        .strip_prefix("B ")
+        .ok_or_else(|| format!("unexpected probe answer {boot:?}"))?
+        .to_string();
+    let mut jobs = Vec::with_capacity(asks.len());
+    for ask in asks {
+        let line = reader.line()?;
+        let fields: Vec<&str> = line.split(' ').collect();
+        let [
+            "J",
+            state,
+            status,
+            ended,
+            killed,
+            stdout_bytes,
+            stderr_bytes,
+            logind,
+            tail_len,
+            started,
+        ] = fields[..]
+        else {
+            return Err(format!("unexpected job line {line:?}"));
+        };
+        let number = |s: &str| {
+            s.parse::<u64>()
+                .map_err(|_| format!("unexpected number {s:?} in {line:?}"))
+        };
+        let state = match state {
+            "running" => RemoteState::Running,
+            "ended" => RemoteState::Ended {
+                status: status
+                    .parse()
+                    .map_err(|_| format!("unexpected status in {line:?}"))?,
+                ran_ms: match (started.parse::<u64>(), ended.parse::<u64>()) {
+                    (Ok(start), Ok(end)) if end >= start => Some((end - start) / 1_000_000),
+                    _ => None,
+                },
+            },
+            "vanished" => RemoteState::Vanished {
+                logind_kills: logind == "1",
+            },
+            "missing" => RemoteState::Missing,
+            other => return Err(format!("unexpected job state {other:?}")),
+        };
+        let tail = reader.bytes(number(tail_len)?)?;
+        let windows = match &ask.windows {
+            None => None,
+            Some(_) => Some([reader.window()?, reader.window()?]),
+        };
+        jobs.push(Probe {
+            state,
+            killed: (killed != "-").then(|| killed.to_string()),
+            stdout_bytes: number(stdout_bytes)?,
+            stderr_bytes: number(stderr_bytes)?,
+            tail,
+            windows,
+        });
+    }
+    Ok(ProbeReport { boot_id, jobs })
+}
+
+struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn line(&mut self) -> Result<String, String> {
+        let end = self
+            .rest
+            .iter()
+            .position(|b| *b == b'\n')
+            .ok_or("the probe's answer ended early (did an output file shrink?)")?;
+        let line = String::from_utf8_lossy(&self.rest[..end]).into_owned();
+        self.rest = &self.rest[end + 1..];
+        Ok(line)
+    }
+
+    fn bytes(&mut self, n: u64) -> Result<Vec<u8>, String> {
+        let n = usize::try_from(n).map_err(|_| "window too large")?;
+        if self.rest.len() < n {
+            return Err("the probe's answer ended early (did an output file shrink?)".into());
+        }
+        let (taken, rest) = self.rest.split_at(n);
+        self.rest = rest;
+        Ok(taken.to_vec())
+    }
+
+    fn window(&mut self) -> Result<Window, String> {
+        let line = self.line()?;
+        let fields: Vec<u64> = line
+            .strip_prefix("W ")
+            .map(|f| f.split(' ').filter_map(|n| n.parse().ok()).collect())
+            .unwrap_or_default();
+        let [offset, len, head_len] = fields[..] else {
+            return Err(format!("unexpected window line {line:?}"));
+        };
+        let head = self.bytes(head_len)?;
+        let data = self.bytes(len)?;
+        Ok(Window { offset, data, head })
+    }
+}
+
+/// How `kill_script` answered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KillAnswer {
+    /// The process group is gone; `was_running` is false when the job had already ended.
+    Gone {
+        was_running: bool,
+    },
+    Alive,
+    /// The job directory is gone.
+    Missing,
+}
+
+/// Sends `signal` to the job's process group (after recording it in `killed`), then KILL after
+/// the grace period (recording that too), and checks.
+///
+/// The job directory is in `$jd`: the stop script's `alive` uses `$d` (and `$s`, `$i`, `$j`) for
+/// itself, and the `on_kill` text runs after it.
+pub fn kill_script(dir: &str, signal: &str) -> String {
+    let d = shell_quote(dir);
+    format!(
+        r#"jd={d}; [ -d "$jd" ] || {{ echo missing; exit 0; }}
+i=0; while [ ! -f "$jd/pid" ] && [ ! -f "$jd/rc" ] && [ $i -lt 30 ]; do sleep 0.1 2>/dev/null || sleep 1; i=$((i+1)); done
+if [ -f "$jd/rc" ]; then echo ended; else echo {signal} > "$jd/killed"; echo running; fi
+[ -f "$jd/pid" ] || {{ echo gone; exit 0; }}
+read -r x p t < "$jd/pid"
+{stop}"#,
+        stop = stop_group_script(signal, r#"[ -f "$jd/rc" ] || echo KILL > "$jd/killed";"#),
+    )
+}
+
+pub fn parse_kill(out: &Captured) -> Result<KillAnswer, String> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    match words[..] {
+        ["missing"] => Ok(KillAnswer::Missing),
+        [before, "gone"] => Ok(KillAnswer::Gone {
+            was_running: before == "running",
+        }),
+        [_, "alive"] => Ok(KillAnswer::Alive),
+        _ => Err(format!("unexpected answer from kill: {}", text.trim())),
+    }
+}
+
+/// Removes job directories (each checked with [`is_job_dir`] by the caller).
+pub fn remove_script(dirs: &[&str]) -> String {
+    let quoted: Vec<String> = dirs.iter().map(|d| shell_quote(d)).collect();
+    format!("rm -rf -- {} && echo removed", quoted.join(" "))
+}
+
+/// The usual name of signal `n` (Linux numbering, shared by the BSDs for these).
+pub fn signal_name(n: i32) -> String {
+    match n {
+        1 => "HUP".into(),
+        2 => "INT".into(),
+        3 => "QUIT".into(),
+        4 => "ILL".into(),
+        6 => "ABRT".into(),
+        8 => "FPE".into(),
+        9 => "KILL".into(),
+        11 => "SEGV".into(),
+        13 => "PIPE".into(),
+        14 => "ALRM".into(),
+        15 => "TERM".into(),
+        n => format!("SIG{n}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_job_directories_should_be_removable() {
+        assert!(is_job_dir("/home/a/.cache/mcp-ssh/jobs/7f3a2c"));
+        assert!(!is_job_dir("/home/a/.cache/mcp-ssh/jobs"));
+        assert!(!is_job_dir("/home/a/.cache/mcp-ssh/jobs/../../x"));
+        assert!(!is_job_dir("/home/a/.cache/mcp-ssh/jobs/7f3a2g"));
+        assert!(!is_job_dir("relative/mcp-ssh/jobs/7f3a2c"));
+        assert!(!is_job_dir("/"));
+        assert!(!is_job_dir("/x/../mcp-ssh/jobs/7f3a2c"));
+    }
+
+    #[test]
+    fn the_kill_script_should_keep_the_job_directory_apart_from_the_stop_script() {
+        // The stop script's `alive` loops with `$d`; the job directory must not live there, or
+        // `killed` is never updated to KILL after the grace.
+        let script = kill_script("/h/.cache/mcp-ssh/jobs/00aa11", "TERM");
+        assert!(script.contains(r#"echo KILL > "$jd/killed""#), "{script}");
+        assert!(!script.contains("\"$d/"), "{script}");
+    }
+
+    #[test]
+    fn start_answers_should_be_read() {
+        let out = |s: &str| Captured {
+            stdout: s.as_bytes().to_vec(),
+            ..Captured::default()
+        };
+        assert_eq!(
+            parse_start(&out("MCPSSH-JOB abc /h/.cache/mcp-ssh/jobs/00aa11\n")),
+            StartOutcome::Started {
+                dir: "/h/.cache/mcp-ssh/jobs/00aa11".into(),
+                boot_id: "abc".into()
+            }
+        );
+        assert_eq!(parse_start(&out("MCPSSH-TAKEN\n")), StartOutcome::IdTaken);
+        assert_eq!(parse_start(&out("MCPSSH-NOCWD\n")), StartOutcome::NoCwd);
+        assert!(matches!(
+            parse_start(&out("MCPSSH-FAILED cannot create /x\n")),
+            StartOutcome::Failed(why) if why == "cannot create /x"
+        ));
+    }
+
+    #[test]
+    fn probe_answers_should_be_framed_by_their_lengths() {
+        let windows = Some([
+            WindowAsk {
+                offset: None,
+                max: 4,
+                head: 2,
+            },
+            WindowAsk {
+                offset: Some(0),
+                max: 10,
+                head: 0,
+            },
+        ]);
+        let asks = [
+            ProbeAsk { dir: "/a", windows },
+            ProbeAsk {
+                dir: "/b",
+                windows: None,
+            },
+        ];
+        let mut answer =
+            b"B boot-1\nJ running - - - 8 3 0 3 -\nerrW 4 4 2\nab5678W 0 3 0\nerr".to_vec();
+        answer.extend_from_slice(
+            b"J ended 137 1700000002000000000 KILL 0 0 0 0 1700000000000000000\n",
+        );
+        let report = parse_probe(&answer, &asks).unwrap();
+        assert_eq!(report.boot_id, "boot-1");
+        let [a, b] = &report.jobs[..] else { panic!() };
+        assert_eq!(a.state, RemoteState::Running);
+        assert_eq!(a.tail, b"err");
+        let w = a.windows.as_ref().unwrap();
+        assert_eq!(
+            (w[0].offset, &w[0].head[..], &w[0].data[..]),
+            (4, &b"ab"[..], &b"5678"[..])
+        );
+        assert_eq!(&w[1].data[..], b"err");
+        assert_eq!(
+            b.state,
+            RemoteState::Ended {
+                status: 137,
+                ran_ms: Some(2000)
+            }
+        );
+        assert_eq!(b.killed.as_deref(), Some("KILL"));
+        assert!(parse_probe(b"B x\nJ running - - - 8 3 0 9 -\nshort", &asks).is_err());
+    }
+}
