@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Installs mcp-ssh (mcp-sshd, mcp-ssh-shim, mcp-sshctl) with cargo, then shows it working end to
+# Builds mcp-ssh (mcp-sshd, mcp-ssh-shim, mcp-sshctl) with cargo and installs it, then shows it working end to
 # end on this machine: a throwaway OpenSSH sshd on 127.0.0.1, a temporary hosts.json, and a short
 # MCP conversation through the installed shim and daemon.
 #
 #   bash install.sh            install, then run the demo
 #   bash install.sh --no-demo  install only
 #
-# Installs into cargo's bin directory (~/.cargo/bin, or $CARGO_INSTALL_ROOT/bin).
+# Installs into cargo's bin directory (~/.cargo/bin, or $CARGO_INSTALL_ROOT/bin), and the JSON
+# Schema of hosts.json into ~/.config/mcp-ssh/.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -25,13 +26,14 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 
 # One release build of the three programs and the demo together: one feature resolution, so no
 # crate is compiled twice (separate `cargo install`s and a debug build of the demo compiled the
-# shared ones up to three times).
-packages=(-p mcp-ssh-daemon -p mcp-ssh-shim --bin mcp-sshd --bin mcp-ssh-shim --bin mcp-sshctl)
-[ "$demo" = yes ] && packages+=(-p mcp-ssh-tests --bin mcp-ssh-demo)
+# shared ones up to three times). The demo is built with --no-demo too: another set of packages
+# would resolve other features and rebuild much of it on the next run.
+packages=(-p mcp-ssh-daemon -p mcp-ssh-shim -p mcp-ssh-tests
+  --bin mcp-sshd --bin mcp-ssh-shim --bin mcp-sshctl --bin mcp-ssh-demo)
 if [ -x "$CARGO_TARGET_DIR/release/mcp-sshd" ]; then
   echo "==> building mcp-sshd, mcp-ssh-shim and mcp-sshctl (release)"
 else
-  echo "==> building mcp-sshd, mcp-ssh-shim and mcp-sshctl (release; the first build takes 10 to 20 minutes on 2 cores, a few on 8)"
+  echo "==> building mcp-sshd, mcp-ssh-shim and mcp-sshctl (release; the first build takes about 11 minutes on 2 cores, less with more)"
 fi
 cargo build --release --locked --quiet "${packages[@]}"
 
