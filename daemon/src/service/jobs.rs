@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{Service, authorize, check_command, peer};
+use super::{Service, authorize, check_command, command_record, peer};
 use crate::audit::Record;
 use crate::error::Error;
 use crate::jobs::{Heartbeat, JobRecord, JobState, OutputAsk};
@@ -90,11 +90,7 @@ impl pb::jobs_server::Jobs for Service {
         let record = |action, outcome| Record {
             action,
             outcome,
-            host: Some(config.name.clone()),
-            client: caller.clone(),
-            command: Some(req.command.clone()),
-            cwd: (!req.cwd.is_empty()).then(|| req.cwd.clone()),
-            ..Record::default()
+            ..command_record(&config, &caller, &req.command, &req.cwd)
         };
         let command = authorize(&audit, &config, &req.command, record("job", "refused"))?;
         let _in_flight = self.registry.call_started();

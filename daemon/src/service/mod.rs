@@ -324,12 +324,8 @@ impl pb::exec_server::Exec for Service {
         let record = |action, outcome| Record {
             action,
             outcome,
-            host: Some(config.name.clone()),
-            client: caller.clone(),
-            command: Some(req.command.clone()),
-            cwd: (!req.cwd.is_empty()).then(|| req.cwd.clone()),
             batch: batch.clone(),
-            ..Record::default()
+            ..command_record(&config, &caller, &req.command, &req.cwd)
         };
         let command = authorize(&audit, &config, &req.command, record("command", "refused"))?;
         tracing::debug!(host = %config.name, command = %audit.scrub(&command), "exec");
@@ -395,6 +391,23 @@ impl pb::exec_server::Exec for Service {
             let _ = tx.send(last).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// The audit record of a command (or job) `caller` asked `config`'s host to run; callers set
+/// `action` and `outcome`.
+pub(crate) fn command_record(
+    config: &HostConfig,
+    caller: &Option<ClientRef>,
+    command: &str,
+    cwd: &str,
+) -> Record {
+    Record {
+        host: Some(config.name.clone()),
+        client: caller.clone(),
+        command: Some(command.to_string()),
+        cwd: (!cwd.is_empty()).then(|| cwd.to_string()),
+        ..Record::default()
     }
 }
 
