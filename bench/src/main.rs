@@ -25,6 +25,10 @@ struct Args {
     /// Where to write the results as JSON
     #[arg(long, default_value = "target/bench/results.json")]
     json: PathBuf,
+    /// Run only these sections (comma-separated: exec, startup, transfers, jobs, concurrency,
+    /// memory); all of them by default
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 /// One row of the table: our figure and OpenSSH's, in the same unit.
@@ -734,13 +738,26 @@ async fn main() -> anyhow::Result<()> {
         "benchmarking as {} against sshd on 127.0.0.1:{} ...",
         b.user, b.sshd.port
     );
-    warm_exec(&mut b, &daemon).await?;
-    startup(&mut b, &daemon).await?;
-    transfers(&mut b, &daemon).await?;
-    jobs(&mut b, &daemon).await?;
+    let runs = |section: &str| args.only.is_empty() || args.only.iter().any(|s| s == section);
+    if runs("exec") {
+        warm_exec(&mut b, &daemon).await?;
+    }
+    if runs("startup") {
+        startup(&mut b, &daemon).await?;
+    }
+    if runs("transfers") {
+        transfers(&mut b, &daemon).await?;
+    }
+    if runs("jobs") {
+        jobs(&mut b, &daemon).await?;
+    }
     drop(daemon);
-    concurrency(&mut b).await?;
-    memory(&mut b).await?;
+    if runs("concurrency") {
+        concurrency(&mut b).await?;
+    }
+    if runs("memory") {
+        memory(&mut b).await?;
+    }
     print_table(&b.rows);
     let rows: Vec<Value> = b
         .rows

@@ -52,7 +52,7 @@ pub enum JobState {
 }
 
 /// What the daemon knows of one job.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub id: String,
     pub host: String,
@@ -374,18 +374,28 @@ impl Jobs {
         let mut updated = Vec::new();
         {
             let mut all = lock(&self.records);
+            // Only a change worth keeping rewrites the file: a wait polls a quiet job often,
+            // and when it was last checked alone is not worth a write.
+            let mut changed = false;
             for (r, probe) in records.iter().zip(report.jobs) {
                 let Some(rec) = all.get_mut(&r.id) else {
                     continue;
                 };
                 let was_running = rec.is_running();
+                let before = rec.clone();
                 apply_probe(rec, &probe, &report.boot_id, now);
+                changed |= JobRecord {
+                    checked_at_ms: rec.checked_at_ms,
+                    ..before
+                } != *rec;
                 if was_running && !rec.is_running() {
                     finished.push(rec.clone());
                 }
                 updated.push((rec.clone(), probe.windows));
             }
-            self.save(&all);
+            if changed {
+                self.save(&all);
+            }
         }
         if !finished.is_empty() {
             self.ended.notify_one();

@@ -231,6 +231,9 @@ pub struct Connection {
     control: Arc<Semaphore>,
     slots: Arc<Slots>,
     pub connected_at: SystemTime,
+    /// Whether the login shell runs the daemon's POSIX scripts itself (learnt by the first
+    /// script, see `job::capture`).
+    posix_login_shell: std::sync::OnceLock<bool>,
 }
 
 /// An open session channel with its slot in the budget.
@@ -523,11 +526,21 @@ impl Connection {
             control: Arc::new(Semaphore::new(control as usize)),
             slots,
             connected_at: SystemTime::now(),
+            posix_login_shell: std::sync::OnceLock::new(),
         })
     }
 
     pub fn host(&self) -> &HostConfig {
         &self.host
+    }
+
+    /// `None` until the first script of ours told.
+    pub fn posix_login_shell(&self) -> Option<bool> {
+        self.posix_login_shell.get().copied()
+    }
+
+    pub fn learn_login_shell(&self, posix: bool) {
+        let _ = self.posix_login_shell.set(posix);
     }
 
     pub fn host_name(&self) -> &str {

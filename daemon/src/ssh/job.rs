@@ -4,7 +4,8 @@
 //! Everything a job is lives in its directory on the host
 //! (`${XDG_CACHE_HOME:-~/.cache}/mcp-ssh/jobs/<hex>`, 0700):
 //! - `command`: the command as given, for a human looking at the directory;
-//! - `pid`: `<supervisor pid> <process group> <start time>`, written by the supervisor;
+//! - `pid`: `<supervisor pid> <process group> <start time> [<start ticks>]`, written by the
+//!   supervisor;
 //! - `stdout`, `stderr`: the command's output streams, appended to as it runs;
 //! - `rc`: `<exit status> <end time>`, written by the supervisor once the command ended (a shell
 //!   reports death by signal N as 128+N);
@@ -43,15 +44,31 @@ pub struct Captured {
     pub code: Option<u32>,
 }
 
+/// The login shells that run our POSIX scripts as `sh` would. Others (zsh splits words
+/// differently, fish and csh are not POSIX shells) get them through `sh -c`.
+const POSIX_SHELLS: &[&str] = &["sh", "bash", "dash", "ash", "ksh", "mksh"];
+/// The first line a script prints when the login shell is not known yet: `$SHELL`, which sshd
+/// sets to the login shell.
+const SHELL_LINE: &str = "printf '%s\\n' \"${SHELL:-}\"\n";
+
 /// Runs a script of ours (not a user's command) on `channel` and collects everything it prints,
 /// within `deadline`.
+///
+/// sshd hands every command to the user's login shell. Where that is a POSIX shell the script
+/// goes to it directly, which saves starting `sh` (a process is most of what a job probe costs);
+/// the connection's first script runs under `sh -c` and reports the login shell.
 pub async fn capture(
     conn: &Connection,
     (mut channel, _slot): (russh::Channel<russh::client::Msg>, ChannelSlot),
     script: &str,
     deadline: Duration,
 ) -> Result<Captured, SshError> {
-    let command = format!("sh -c {}", shell_quote(script));
+    let known = conn.posix_login_shell();
+    let command = match known {
+        Some(true) => script.to_string(),
+        Some(false) => format!("sh -c {}", shell_quote(script)),
+        None => format!("sh -c {}", shell_quote(&format!("{SHELL_LINE}{script}"))),
+    };
     let run = async {
         channel
             .exec(true, command.into_bytes())
@@ -79,6 +96,14 @@ pub async fn capture(
         }
     };
     match tokio::time::timeout(deadline, run).await {
+        Ok(Ok(mut out)) if known.is_none() => {
+            if let Some(end) = out.stdout.iter().position(|b| *b == b'\n') {
+                let shell = String::from_utf8_lossy(&out.stdout[..end]).into_owned();
+                conn.learn_login_shell(is_posix_shell(&shell));
+                out.stdout.drain(..=end);
+            }
+            Ok(out)
+        }
         Ok(result) => result,
         Err(_) => {
             let _ = channel.close().await;
@@ -88,6 +113,11 @@ pub async fn capture(
             })
         }
     }
+}
+
+fn is_posix_shell(path: &str) -> bool {
+    let name = path.trim().rsplit('/').next().unwrap_or("");
+    POSIX_SHELLS.contains(&name)
 }
 
 /// Whether `dir` is a job directory as [`start_script`] makes them, so it is safe to remove.
@@ -105,12 +135,17 @@ pub fn is_job_dir(dir: &str) -> bool {
 
 /// The supervisor, run by `sh -c` with `$1` the job directory, `$2` the working directory, `$3`
 /// the command and `$4` either `s` (it leads a session of its own) or its process group.
+/// Its `pid` file also holds its start time in the kernel's clock ticks (`/proc/PID/stat`'s 22nd
+/// field, where there is a /proc), which tells it from a later process given the same pid. A
+/// reader may find `pid` empty for a moment (it is written in place, one short write): the job
+/// then counts as starting.
 /// Times are nanoseconds since the epoch on the host's clock (whole seconds where `date` has
 /// no `%N`), so a duration never mixes two machines' clocks.
 const SUPERVISOR: &str = r#"d=$1; trap : TERM INT HUP
 now() { t=$(date +%s%N 2>/dev/null); case $t in *[!0-9]*|"") t=$(date +%s)000000000 ;; esac; echo "$t"; }
-g=$4; [ "$g" = s ] && g=$$
-echo "$$ $g $(now)" > "$d/pid.tmp" && mv -f "$d/pid.tmp" "$d/pid"
+ticks() { ps=; [ -r "/proc/$$/stat" ] && read -r a < "/proc/$$/stat" || return 0; a=${a##*") "}; set -- $a; [ $# -ge 20 ] && shift 19 && ps=$1; }
+g=$4; [ "$g" = s ] && g=$$; ticks
+echo "$$ $g $(now) $ps" > "$d/pid"
 if [ -n "$2" ] && ! cd -- "$2" 2>>"$d/stderr"; then r=1; else
 "${SHELL:-/bin/sh}" -c "$3" </dev/null >>"$d/stdout" 2>>"$d/stderr"; r=$?; fi
 echo "$r $(now)" > "$d/rc.tmp" && mv -f "$d/rc.tmp" "$d/rc"
@@ -257,39 +292,64 @@ pub struct ProbeReport {
     pub jobs: Vec<Probe>,
 }
 
-/// The shell functions of the probe: `j DIR` prints one job, `w FILE SIZE OFFSET MAX HEAD` one
-/// window. A job line: `J state status end killed stdout-size stderr-size logind tail-len start`, then
-/// the tail bytes; a window: `W offset len head-len`, then the head bytes and the window bytes.
-/// Sizes are read once per job, so the byte counts announced are exact (the files only grow).
-const PROBE_FUNCTIONS: &str = r#"alive() { kill -0 "$1" 2>/dev/null || return 1; [ -r "/proc/$1/cmdline" ] || return 0
-case "$(tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null)" in *"$2"*) return 0 ;; esac; return 1; }
-size() { if [ -f "$1" ]; then n=$(wc -c < "$1") || n=0; echo $((n + 0)); else echo 0; fi; }
-j() { d=$1; o=0; x=0; if [ ! -d "$d" ]; then echo "J missing - - - 0 0 0 0 -"; return; fi
-r=-; e=-; [ -f "$d/rc" ] && read -r r e < "$d/rc"
+/// The shell functions of the probe: `j DIR TAIL` prints one job, `w FILE SIZE OFFSET MAX HEAD`
+/// one window. A job line: `J state status end killed stdout-size stderr-size logind tail-len
+/// start latest`, then the tail bytes (`latest`: `o` when stdout was written last, else `x`); a
+/// window: `W offset len head-len`, then the head bytes and the window bytes. Sizes are read
+/// once per job, so the byte counts announced are exact (the files only grow).
+///
+/// Every program the probe runs costs a fork and an exec, which is most of its time, so it runs
+/// few: none for a job with no output yet, `wc` for both sizes, `head` for a window from the
+/// start and `tail | head` for one further on. Liveness compares the supervisor's start time in
+/// `/proc/PID/stat` with the one it recorded (builtins only; a zombie, killed and not yet reaped,
+/// is gone); supervisors that recorded none are matched by their command line (a zombie has none).
+const PROBE_FUNCTIONS: &str = r#"alive() { kill -0 "$1" 2>/dev/null || return 1; [ -r "/proc/$1/stat" ] || return 0
+if [ -n "$3" ]; then at=$3; read -r a < "/proc/$1/stat" || return 1; a=${a##*") "}; set -- $a; [ $# -ge 20 ] && [ "$1" != Z ] && [ "$1" != X ] || return 1; shift 19; [ "$1" = "$at" ]; return; fi
+grep -qsF -- "$2" "/proc/$1/cmdline"; }
+j() { d=$1; o=0; x=0; if [ ! -d "$d" ]; then echo "J missing - - - 0 0 0 0 - o"; return; fi
+r=-; e=-; [ -f "$d/rc" ] && read -r r e < "$d/rc"; r=${r:--}
 k=-; [ -f "$d/killed" ] && read -r k < "$d/killed"
-p=-; g=-; t=-; [ -f "$d/pid" ] && read -r p g t < "$d/pid"
+p=-; g=-; t=-; ps=; [ -f "$d/pid" ] && read -r p g t ps < "$d/pid"; p=${p:--}
 s=running; lk=0
 if [ "$r" = - ] && [ "$p" != - ]; then
- if ! alive "$p" "$d"; then [ -f "$d/rc" ] && read -r r e < "$d/rc"; [ "$r" = - ] && s=vanished; fi; fi
+ if ! alive "$p" "$d" "$ps"; then [ -f "$d/rc" ] && read -r r e < "$d/rc"; r=${r:--}; [ "$r" = - ] && s=vanished; fi; fi
 [ "$r" != - ] && s=ended
 if [ $s = vanished ] && grep -qsE '^[[:space:]]*KillUserProcesses[[:space:]]*=[[:space:]]*(yes|true|1)' /etc/systemd/logind.conf /etc/systemd/logind.conf.d/*.conf && [ ! -e "/var/lib/systemd/linger/$(id -un)" ]; then lk=1; fi
-o=$(size "$d/stdout"); x=$(size "$d/stderr")
-f=$d/stdout; n=$o; if [ "$x" -gt 0 ] && { [ "$o" -eq 0 ] || [ "$d/stderr" -nt "$d/stdout" ]; }; then f=$d/stderr; n=$x; fi
-l=$((n < TAIL ? n : TAIL))
-echo "J $s $r $e $k $o $x $lk $l ${t:--}"; [ $l -gt 0 ] && tail -c +$((n - l + 1)) "$f" | head -c $l; return 0; }
+if [ -s "$d/stdout" ] || [ -s "$d/stderr" ]; then [ -f "$d/stdout" ] && [ -f "$d/stderr" ] && { read -r o _; read -r x _; } <<EOF
+$(wc -c "$d/stdout" "$d/stderr")
+EOF
+fi; o=$((${o:-0} + 0)); x=$((${x:-0} + 0))
+f=$d/stdout; n=$o; lt=o; if [ "$x" -gt 0 ] && { [ "$o" -eq 0 ] || [ "$d/stderr" -nt "$d/stdout" ]; }; then f=$d/stderr; n=$x; lt=x; fi
+l=$((n < $2 ? n : $2))
+echo "J $s $r $e $k $o $x $lk $l ${t:--} $lt"; [ $l -gt 0 ] && tail -c +$((n - l + 1)) "$f" | head -c $l; return 0; }
 w() { wf=$1; wn=$2; wo=$3; wm=$4; wh=$5
 [ "$wo" = - ] && wo=$((wn > wm ? wn - wm : 0)); [ "$wo" -gt "$wn" ] && wo=$wn
 wl=$((wn - wo)); [ $wl -gt $wm ] && wl=$wm; whl=$((wo < wh ? wo : wh))
-echo "W $wo $wl $whl"; [ $whl -gt 0 ] && head -c $whl "$wf"; [ $wl -gt 0 ] && tail -c +$((wo + 1)) "$wf" | head -c $wl; return 0; }
+echo "W $wo $wl $whl"; [ $whl -gt 0 ] && head -c $whl "$wf"; [ $wl -eq 0 ] && return 0
+if [ $wo -eq 0 ]; then head -c $wl "$wf"; else tail -c +$((wo + 1)) "$wf" | head -c $wl; fi; return 0; }
 i=-; [ -r /proc/sys/kernel/random/boot_id ] && read -r i < /proc/sys/kernel/random/boot_id
 echo "B $i"
 "#;
 
+/// Whether the windows asked for end where the streams end and hold at least the tail the last
+/// line is read from: then the probe sends no separate tail.
+fn windows_hold_tail(windows: &Option<[WindowAsk; 2]>) -> bool {
+    windows.is_some_and(|w| {
+        w.iter()
+            .all(|w| w.offset.is_none() && w.max >= TAIL_FOR_LAST_LINE)
+    })
+}
+
 pub fn probe_script(asks: &[ProbeAsk]) -> String {
-    let mut script = PROBE_FUNCTIONS.replace("TAIL", &TAIL_FOR_LAST_LINE.to_string());
+    let mut script = PROBE_FUNCTIONS.to_string();
     for ask in asks {
         let dir = shell_quote(ask.dir);
-        script.push_str(&format!("j {dir}\n"));
+        let tail = if windows_hold_tail(&ask.windows) {
+            0
+        } else {
+            TAIL_FOR_LAST_LINE
+        };
+        script.push_str(&format!("j {dir} {tail}\n"));
         if let Some(windows) = &ask.windows {
             for (name, size_var, w) in
                 [("stdout", "$o", &windows[0]), ("stderr", "$x", &windows[1])]
@@ -328,6 +388,7 @@ pub fn parse_probe(out: &[u8], asks: &[ProbeAsk]) -> Result<ProbeReport, String>
             logind,
             tail_len,
             started,
+            latest,
         ] = fields[..]
         else {
             return Err(format!("unexpected job line {line:?}"));
@@ -353,11 +414,19 @@ pub fn parse_probe(out: &[u8], asks: &[ProbeAsk]) -> Result<ProbeReport, String>
             "missing" => RemoteState::Missing,
             other => return Err(format!("unexpected job state {other:?}")),
         };
-        let tail = reader.bytes(number(tail_len)?)?;
+        let mut tail = reader.bytes(number(tail_len)?)?;
         let windows = match &ask.windows {
             None => None,
             Some(_) => Some([reader.window()?, reader.window()?]),
         };
+        // The probe sent no tail when the windows hold it: the end of the latest stream's.
+        if let Some(windows) = &windows
+            && windows_hold_tail(&ask.windows)
+        {
+            let data = &windows[usize::from(latest == "x")].data;
+            let keep = data.len().min(TAIL_FOR_LAST_LINE as usize);
+            tail = data[data.len() - keep..].to_vec();
+        }
         jobs.push(Probe {
             state,
             killed: (killed != "-").then(|| killed.to_string()),
@@ -482,6 +551,117 @@ pub fn signal_name(n: i32) -> String {
 mod tests {
     use super::*;
 
+    /// Runs one of our scripts the way sshd runs a command: `SHELL -c SCRIPT`, in `home`.
+    fn run_in(shell: &str, home: &std::path::Path, script: &str) -> Captured {
+        let out = std::process::Command::new(shell)
+            .arg("-c")
+            .arg(script)
+            .env("HOME", home)
+            .env("SHELL", shell)
+            .env_remove("XDG_CACHE_HOME")
+            .output()
+            .expect("cannot run the shell");
+        Captured {
+            stdout: out.stdout,
+            stderr: out.stderr,
+            code: out.status.code().and_then(|c| u32::try_from(c).ok()),
+        }
+    }
+
+    /// The scripts go straight to a POSIX login shell: each one this machine has must run them
+    /// as `sh` does (start, probe with windows, kill, remove).
+    #[test]
+    fn scripts_should_run_in_every_posix_login_shell() {
+        let shells: Vec<String> = POSIX_SHELLS
+            .iter()
+            .map(|name| format!("/bin/{name}"))
+            .filter(|path| std::path::Path::new(path).exists())
+            .collect();
+        assert!(shells.iter().any(|s| s == "/bin/sh"), "{shells:?}");
+        for shell in &shells {
+            let home = tempfile::tempdir().unwrap();
+            let out = run_in(
+                shell,
+                home.path(),
+                &start_script("00aa11", "echo one; echo two >&2; echo three", None),
+            );
+            let StartOutcome::Started { dir, .. } = parse_start(&out) else {
+                panic!("{shell}: {out:?}");
+            };
+            let tail = WindowAsk {
+                offset: None,
+                max: 4096,
+                head: 0,
+            };
+            let asks = [ProbeAsk {
+                dir: &dir,
+                windows: Some([tail; 2]),
+            }];
+            let mut ended = None;
+            for _ in 0..100 {
+                let out = run_in(shell, home.path(), &probe_script(&asks));
+                let report = parse_probe(&out.stdout, &asks)
+                    .unwrap_or_else(|e| panic!("{shell}: {e}: {out:?}"));
+                if report.jobs[0].state != RemoteState::Running {
+                    ended = Some(report.jobs.into_iter().next().unwrap());
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let job = ended.unwrap_or_else(|| panic!("{shell}: the job never ended"));
+            assert!(
+                matches!(job.state, RemoteState::Ended { status: 0, .. }),
+                "{shell}: {job:?}"
+            );
+            let windows = job.windows.unwrap();
+            assert_eq!(windows[0].data, b"one\nthree\n", "{shell}");
+            assert_eq!(windows[1].data, b"two\n", "{shell}");
+            assert_eq!((job.stdout_bytes, job.stderr_bytes), (10, 4), "{shell}");
+
+            let out = run_in(
+                shell,
+                home.path(),
+                &start_script("00aa12", "sleep 30", None),
+            );
+            let StartOutcome::Started { dir: sleeping, .. } = parse_start(&out) else {
+                panic!("{shell}: {out:?}");
+            };
+            let asks = [ProbeAsk {
+                dir: &sleeping,
+                windows: None,
+            }];
+            let out = run_in(shell, home.path(), &probe_script(&asks));
+            let report = parse_probe(&out.stdout, &asks).unwrap();
+            assert_eq!(
+                report.jobs[0].state,
+                RemoteState::Running,
+                "{shell}: {out:?}"
+            );
+            let out = run_in(shell, home.path(), &kill_script(&sleeping, "TERM"));
+            assert_eq!(
+                parse_kill(&out),
+                Ok(KillAnswer::Gone { was_running: true }),
+                "{shell}: {out:?}"
+            );
+            let out = run_in(shell, home.path(), &remove_script(&[&dir, &sleeping]));
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "removed",
+                "{shell}"
+            );
+            assert!(!std::path::Path::new(&dir).exists());
+        }
+    }
+
+    #[test]
+    fn login_shells_should_be_told_apart() {
+        assert!(is_posix_shell("/bin/bash"));
+        assert!(is_posix_shell("/usr/bin/dash\n"));
+        assert!(!is_posix_shell("/usr/bin/zsh"));
+        assert!(!is_posix_shell("/usr/bin/fish"));
+        assert!(!is_posix_shell(""));
+    }
+
     #[test]
     fn only_our_job_directories_should_be_removable() {
         assert!(is_job_dir("/home/a/.cache/mcp-ssh/jobs/7f3a2c"));
@@ -545,9 +725,9 @@ mod tests {
             },
         ];
         let mut answer =
-            b"B boot-1\nJ running - - - 8 3 0 3 -\nerrW 4 4 2\nab5678W 0 3 0\nerr".to_vec();
+            b"B boot-1\nJ running - - - 8 3 0 3 - x\nerrW 4 4 2\nab5678W 0 3 0\nerr".to_vec();
         answer.extend_from_slice(
-            b"J ended 137 1700000002000000000 KILL 0 0 0 0 1700000000000000000\n",
+            b"J ended 137 1700000002000000000 KILL 0 0 0 0 1700000000000000000 o\n",
         );
         let report = parse_probe(&answer, &asks).unwrap();
         assert_eq!(report.boot_id, "boot-1");
@@ -568,6 +748,34 @@ mod tests {
             }
         );
         assert_eq!(b.killed.as_deref(), Some("KILL"));
-        assert!(parse_probe(b"B x\nJ running - - - 8 3 0 9 -\nshort", &asks).is_err());
+        assert!(parse_probe(b"B x\nJ running - - - 8 3 0 9 - o\nshort", &asks).is_err());
+    }
+
+    #[test]
+    fn tail_windows_should_give_the_last_line_without_a_separate_tail() {
+        let tail = WindowAsk {
+            offset: None,
+            max: 4096,
+            head: 0,
+        };
+        let asks = [ProbeAsk {
+            dir: "/a",
+            windows: Some([tail; 2]),
+        }];
+        let script = probe_script(&asks);
+        assert!(script.contains("j '/a' 0\n"), "{script}");
+        let answer = b"B -\nJ running - - - 4 6 0 0 - x\nW 0 4 0\nout\nW 0 6 0\nerr 1\n";
+        let report = parse_probe(answer, &asks).unwrap();
+        assert_eq!(report.jobs[0].tail, b"err 1\n");
+        let windows = Some([
+            tail,
+            WindowAsk {
+                offset: Some(0),
+                max: 10,
+                head: 0,
+            },
+        ]);
+        let asks = [ProbeAsk { dir: "/a", windows }];
+        assert!(probe_script(&asks).contains(&format!("j '/a' {TAIL_FOR_LAST_LINE}\n")));
     }
 }
