@@ -47,9 +47,11 @@ pub struct Captured {
 /// The login shells that run our POSIX scripts as `sh` would. Others (zsh splits words
 /// differently, fish and csh are not POSIX shells) get them through `sh -c`.
 const POSIX_SHELLS: &[&str] = &["sh", "bash", "dash", "ash", "ksh", "mksh"];
-/// The first line a script prints when the login shell is not known yet: `$SHELL`, which sshd
-/// sets to the login shell.
-const SHELL_LINE: &str = "printf '%s\\n' \"${SHELL:-}\"\n";
+/// What a script prints first when the login shell is not known yet: `$SHELL` (which sshd sets
+/// to the login shell) after a marker, so that anything a shell startup file printed before it
+/// is not taken for it.
+const SHELL_MARKER: &[u8] = b"\x1eMCPSSH-SHELL ";
+const SHELL_LINE: &str = "printf '\\036MCPSSH-SHELL %s\\n' \"${SHELL:-}\"\n";
 
 /// Runs a script of ours (not a user's command) on `channel` and collects everything it prints,
 /// within `deadline`.
@@ -97,10 +99,8 @@ pub async fn capture(
     };
     match tokio::time::timeout(deadline, run).await {
         Ok(Ok(mut out)) if known.is_none() => {
-            if let Some(end) = out.stdout.iter().position(|b| *b == b'\n') {
-                let shell = String::from_utf8_lossy(&out.stdout[..end]).into_owned();
+            if let Some(shell) = take_shell_line(&mut out.stdout) {
                 conn.learn_login_shell(is_posix_shell(&shell));
-                out.stdout.drain(..=end);
             }
             Ok(out)
         }
@@ -113,6 +113,18 @@ pub async fn capture(
             })
         }
     }
+}
+
+/// Removes the line [`SHELL_LINE`] printed from `stdout` and returns the shell it named.
+fn take_shell_line(stdout: &mut Vec<u8>) -> Option<String> {
+    let start = stdout
+        .windows(SHELL_MARKER.len())
+        .position(|w| w == SHELL_MARKER)?;
+    let name_at = start + SHELL_MARKER.len();
+    let end = name_at + stdout[name_at..].iter().position(|b| *b == b'\n')?;
+    let shell = String::from_utf8_lossy(&stdout[name_at..end]).into_owned();
+    stdout.drain(start..=end);
+    Some(shell)
 }
 
 fn is_posix_shell(path: &str) -> bool {
@@ -133,6 +145,18 @@ pub fn is_job_dir(dir: &str) -> bool {
         && !dir.split('/').any(|part| part == "..")
 }
 
+/// `pstat PID` sets `sstate` (R, S, Z, …) and `sticks` (its start time in clock ticks since boot)
+/// from `/proc/PID/stat` with builtins only, or fails. The fields are counted after the last
+/// `) `, which ends the command name (a name may hold spaces and parentheses); the start time
+/// is the 22nd field, the 20th after the name. Shared by the supervisor and the probe, so the
+/// ticks one writes are the ticks the other compares.
+const STAT_FUNCTION: &str = r#"pstat() { sstate=; sticks=; read -r a < "/proc/$1/stat" 2>/dev/null || return 1; a=${a##*") "}; set -- $a; [ $# -ge 20 ] || return 1; sstate=$1; shift 19; sticks=$1; }"#;
+
+/// A script with [`STAT_FUNCTION`] in place of its `STAT_FUNCTION` line.
+fn with_stat_function(script: &str) -> String {
+    script.replacen("STAT_FUNCTION", STAT_FUNCTION, 1)
+}
+
 /// The supervisor, run by `sh -c` with `$1` the job directory, `$2` the working directory, `$3`
 /// the command and `$4` either `s` (it leads a session of its own) or its process group.
 /// Its `pid` file also holds its start time in the kernel's clock ticks (`/proc/PID/stat`'s 22nd
@@ -142,10 +166,10 @@ pub fn is_job_dir(dir: &str) -> bool {
 /// Times are nanoseconds since the epoch on the host's clock (whole seconds where `date` has
 /// no `%N`), so a duration never mixes two machines' clocks.
 const SUPERVISOR: &str = r#"d=$1; trap : TERM INT HUP
+STAT_FUNCTION
 now() { t=$(date +%s%N 2>/dev/null); case $t in *[!0-9]*|"") t=$(date +%s)000000000 ;; esac; echo "$t"; }
-ticks() { ps=; [ -r "/proc/$$/stat" ] && read -r a < "/proc/$$/stat" || return 0; a=${a##*") "}; set -- $a; [ $# -ge 20 ] && shift 19 && ps=$1; }
-g=$4; [ "$g" = s ] && g=$$; ticks
-echo "$$ $g $(now) $ps" > "$d/pid"
+g=$4; [ "$g" = s ] && g=$$; pstat $$
+echo "$$ $g $(now) $sticks" > "$d/pid"
 if [ -n "$2" ] && ! cd -- "$2" 2>>"$d/stderr"; then r=1; else
 "${SHELL:-/bin/sh}" -c "$3" </dev/null >>"$d/stdout" 2>>"$d/stderr"; r=$?; fi
 echo "$r $(now)" > "$d/rc.tmp" && mv -f "$d/rc.tmp" "$d/rc"
@@ -193,7 +217,7 @@ i=-; [ -r /proc/sys/kernel/random/boot_id ] && read -r i < /proc/sys/kernel/rand
 printf 'MCPSSH-JOB %s %s\n' "$i" "$d"
 "#,
         cwd = shell_quote(cwd.unwrap_or("")),
-        sup = shell_quote(SUPERVISOR),
+        sup = shell_quote(&with_stat_function(SUPERVISOR)),
         cmd = shell_quote(command),
         name = SUPERVISOR_NAME,
     )
@@ -303,8 +327,9 @@ pub struct ProbeReport {
 /// start and `tail | head` for one further on. Liveness compares the supervisor's start time in
 /// `/proc/PID/stat` with the one it recorded (builtins only; a zombie, killed and not yet reaped,
 /// is gone); supervisors that recorded none are matched by their command line (a zombie has none).
-const PROBE_FUNCTIONS: &str = r#"alive() { kill -0 "$1" 2>/dev/null || return 1; [ -r "/proc/$1/stat" ] || return 0
-if [ -n "$3" ]; then at=$3; read -r a < "/proc/$1/stat" || return 1; a=${a##*") "}; set -- $a; [ $# -ge 20 ] && [ "$1" != Z ] && [ "$1" != X ] || return 1; shift 19; [ "$1" = "$at" ]; return; fi
+const PROBE_FUNCTIONS: &str = r#"STAT_FUNCTION
+alive() { kill -0 "$1" 2>/dev/null || return 1; [ -r "/proc/$1/stat" ] || return 0
+if [ -n "$3" ]; then pstat "$1" && [ "$sstate" != Z ] && [ "$sstate" != X ] && [ "$sticks" = "$3" ]; return; fi
 grep -qsF -- "$2" "/proc/$1/cmdline"; }
 j() { d=$1; o=0; x=0; if [ ! -d "$d" ]; then echo "J missing - - - 0 0 0 0 - o"; return; fi
 r=-; e=-; [ -f "$d/rc" ] && read -r r e < "$d/rc"; r=${r:--}
@@ -341,7 +366,7 @@ fn windows_hold_tail(windows: &Option<[WindowAsk; 2]>) -> bool {
 }
 
 pub fn probe_script(asks: &[ProbeAsk]) -> String {
-    let mut script = PROBE_FUNCTIONS.to_string();
+    let mut script = with_stat_function(PROBE_FUNCTIONS);
     for ask in asks {
         let dir = shell_quote(ask.dir);
         let tail = if windows_hold_tail(&ask.windows) {
@@ -626,6 +651,16 @@ mod tests {
             let StartOutcome::Started { dir: sleeping, .. } = parse_start(&out) else {
                 panic!("{shell}: {out:?}");
             };
+            // Liveness by start time: the supervisor recorded its ticks (this is Linux).
+            let mut pid = String::new();
+            for _ in 0..100 {
+                pid = std::fs::read_to_string(format!("{sleeping}/pid")).unwrap_or_default();
+                if pid.ends_with('\n') {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert_eq!(pid.split_whitespace().count(), 4, "{shell}: {pid:?}");
             let asks = [ProbeAsk {
                 dir: &sleeping,
                 windows: None,
@@ -651,6 +686,16 @@ mod tests {
             );
             assert!(!std::path::Path::new(&dir).exists());
         }
+    }
+
+    #[test]
+    fn the_shell_line_should_be_found_after_what_a_startup_file_printed() {
+        let mut out = b"welcome\n\x1eMCPSSH-SHELL /bin/bash\nB -\n".to_vec();
+        assert_eq!(take_shell_line(&mut out).as_deref(), Some("/bin/bash"));
+        assert_eq!(out, b"welcome\nB -\n");
+        let mut out = b"B -\n".to_vec();
+        assert_eq!(take_shell_line(&mut out), None);
+        assert_eq!(out, b"B -\n");
     }
 
     #[test]
