@@ -163,16 +163,20 @@ fn with_stat_function(script: &str) -> String {
 /// field, where there is a /proc), which tells it from a later process given the same pid. A
 /// reader may find `pid` empty for a moment (it is written in place, one short write): the job
 /// then counts as starting.
-/// Times are nanoseconds since the epoch on the host's clock (whole seconds where `date` has
-/// no `%N`), so a duration never mixes two machines' clocks.
+/// Times are taken on the host, so a duration never mixes two machines' clocks: where there is a
+/// `/proc/uptime`, as `u` and hundredths of a second since boot, read by a builtin (the start
+/// costs no `date`, whose fork and exec would compete with the command for the CPU); elsewhere
+/// as nanoseconds since the epoch (whole seconds where `date` has no `%N`). `rc` holds the exit
+/// status, the epoch time and, where there is one, the uptime.
 const SUPERVISOR: &str = r#"d=$1; trap : TERM INT HUP
 STAT_FUNCTION
 now() { t=$(date +%s%N 2>/dev/null); case $t in *[!0-9]*|"") t=$(date +%s)000000000 ;; esac; echo "$t"; }
-g=$4; [ "$g" = s ] && g=$$; pstat $$
-echo "$$ $g $(now) $sticks" > "$d/pid"
+up() { u=; [ -r /proc/uptime ] && read -r u _ < /proc/uptime; case $u in *[0-9].[0-9][0-9]) u=u${u%.*}${u#*.} ;; *) u= ;; esac; }
+g=$4; [ "$g" = s ] && g=$$; pstat $$; up; [ -n "$u" ] || u=$(now)
+echo "$$ $g $u $sticks" > "$d/pid"
 if [ -n "$2" ] && ! cd -- "$2" 2>>"$d/stderr"; then r=1; else
 "${SHELL:-/bin/sh}" -c "$3" </dev/null >>"$d/stdout" 2>>"$d/stderr"; r=$?; fi
-echo "$r $(now)" > "$d/rc.tmp" && mv -f "$d/rc.tmp" "$d/rc"
+up; echo "$r $(now) $u" > "$d/rc.tmp" && mv -f "$d/rc.tmp" "$d/rc"
 "#;
 
 /// What [`start_script`] reported.
@@ -332,13 +336,13 @@ alive() { kill -0 "$1" 2>/dev/null || return 1; [ -r "/proc/$1/stat" ] || return
 if [ -n "$3" ]; then pstat "$1" && [ "$sstate" != Z ] && [ "$sstate" != X ] && [ "$sticks" = "$3" ]; return; fi
 grep -qsF -- "$2" "/proc/$1/cmdline"; }
 j() { d=$1; o=0; x=0; if [ ! -d "$d" ]; then echo "J missing - - - 0 0 0 0 - o"; return; fi
-r=-; e=-; [ -f "$d/rc" ] && read -r r e < "$d/rc"; r=${r:--}
+r=-; e=-; eu=; [ -f "$d/rc" ] && read -r r e eu < "$d/rc"; r=${r:--}
 k=-; [ -f "$d/killed" ] && read -r k < "$d/killed"
 p=-; g=-; t=-; ps=; [ -f "$d/pid" ] && read -r p g t ps < "$d/pid"; p=${p:--}
 s=running; lk=0
 if [ "$r" = - ] && [ "$p" != - ]; then
- if ! alive "$p" "$d" "$ps"; then [ -f "$d/rc" ] && read -r r e < "$d/rc"; r=${r:--}; [ "$r" = - ] && s=vanished; fi; fi
-[ "$r" != - ] && s=ended
+ if ! alive "$p" "$d" "$ps"; then [ -f "$d/rc" ] && read -r r e eu < "$d/rc"; r=${r:--}; [ "$r" = - ] && s=vanished; fi; fi
+[ "$r" != - ] && s=ended; case $t in u*) e=${eu:--} ;; esac
 if [ $s = vanished ] && grep -qsE '^[[:space:]]*KillUserProcesses[[:space:]]*=[[:space:]]*(yes|true|1)' /etc/systemd/logind.conf /etc/systemd/logind.conf.d/*.conf && [ ! -e "/var/lib/systemd/linger/$(id -un)" ]; then lk=1; fi
 if [ -s "$d/stdout" ] || [ -s "$d/stderr" ]; then [ -f "$d/stdout" ] && [ -f "$d/stderr" ] && { read -r o _; read -r x _; } <<EOF
 $(wc -c "$d/stdout" "$d/stderr")
@@ -390,6 +394,21 @@ pub fn probe_script(asks: &[ProbeAsk]) -> String {
     script
 }
 
+/// How long a job ran, from the two times its supervisor took: both hundredths of a second since
+/// boot (`u…`), or both nanoseconds since the epoch (a host without `/proc/uptime`).
+fn ran_ms(started: &str, ended: &str) -> Option<u64> {
+    let span = |start: &str, end: &str| {
+        end.parse::<u64>()
+            .ok()?
+            .checked_sub(start.parse::<u64>().ok()?)
+    };
+    match (started.strip_prefix('u'), ended.strip_prefix('u')) {
+        (Some(start), Some(end)) => span(start, end)?.checked_mul(10),
+        (None, None) => Some(span(started, ended)? / 1_000_000),
+        _ => None,
+    }
+}
+
 /// Reads the probe's answer: one [`Probe`] per ask, in order.
 pub fn parse_probe(out: &[u8], asks: &[ProbeAsk]) -> Result<ProbeReport, String> {
     let mut reader = Reader { rest: out };
@@ -428,10 +447,7 @@ pub fn parse_probe(out: &[u8], asks: &[ProbeAsk]) -> Result<ProbeReport, String>
                 status: status
                     .parse()
                     .map_err(|_| format!("unexpected status in {line:?}"))?,
-                ran_ms: match (started.parse::<u64>(), ended.parse::<u64>()) {
-                    (Ok(start), Ok(end)) if end >= start => Some((end - start) / 1_000_000),
-                    _ => None,
-                },
+                ran_ms: ran_ms(started, ended),
             },
             "vanished" => RemoteState::Vanished {
                 logind_kills: logind == "1",
@@ -635,7 +651,13 @@ mod tests {
             }
             let job = ended.unwrap_or_else(|| panic!("{shell}: the job never ended"));
             assert!(
-                matches!(job.state, RemoteState::Ended { status: 0, .. }),
+                matches!(
+                    job.state,
+                    RemoteState::Ended {
+                        status: 0,
+                        ran_ms: Some(_)
+                    }
+                ),
                 "{shell}: {job:?}"
             );
             let windows = job.windows.unwrap();
@@ -793,6 +815,9 @@ mod tests {
             }
         );
         assert_eq!(b.killed.as_deref(), Some("KILL"));
+        assert_eq!(ran_ms("u12345", "u12470"), Some(1250));
+        assert_eq!(ran_ms("u12345", "1700000002000000000"), None);
+        assert_eq!(ran_ms("u12345", "-"), None);
         assert!(parse_probe(b"B x\nJ running - - - 8 3 0 9 - o\nshort", &asks).is_err());
     }
 
