@@ -155,6 +155,17 @@ if ! command -v systemd-socket-activate >/dev/null 2>&1; then
   fi
 fi
 
+# curl, the real HTTP client the forwarding tests fetch through a forward with.
+if ! command -v curl >/dev/null 2>&1; then
+  if is_root && command -v apt-get >/dev/null 2>&1; then
+    echo "tests/run.sh: installing curl (the forwarding tests' HTTP client)"
+    bash tests/apt-install.sh curl 9>&-
+  else
+    echo "tests/run.sh: the forwarding tests need curl (Debian/Ubuntu: sudo apt-get install -y curl)" >&2
+    exit 1
+  fi
+fi
+
 if is_root; then
   # Root logins are tested too, but a clean unprivileged login user is the common case
   # (and root's shell rc files are often slow).

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod forwards;
+
 use anyhow::{Context, bail};
 use clap::Parser;
 use mcp_ssh_tests::daemon::{Daemon, hosts_json, stop_by_lock_file};
@@ -25,8 +27,8 @@ struct Args {
     /// Where to write the results as JSON
     #[arg(long, default_value = "target/bench/results.json")]
     json: PathBuf,
-    /// Run only these sections (comma-separated: exec, startup, transfers, jobs, concurrency,
-    /// memory); all of them by default
+    /// Run only these sections (comma-separated: exec, startup, transfers, jobs, forwards,
+    /// concurrency, memory); all of them by default
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -750,6 +752,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if runs("jobs") {
         jobs(&mut b, &daemon).await?;
+    }
+    if runs("forwards") {
+        forwards::forwards(&mut b, &daemon).await?;
     }
     drop(daemon);
     if runs("concurrency") {

@@ -67,6 +67,20 @@ pub struct Record {
     pub duration_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// A forward's id, its two ends, who connected through it, and counts for its records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u64>,
+    /// Relayed connections not recorded one by one (the per-forward rate was exceeded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

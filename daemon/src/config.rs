@@ -165,6 +165,12 @@ struct RawHost {
     /// Preferred cipher: auto (AES-GCM with AES instructions, else ChaCha20) or a cipher name.
     #[serde(default)]
     cipher: Option<CipherName>,
+    /// Port forwards to and from this host (ssh_forward, mcp-sshctl forward).
+    #[serde(default = "default_true")]
+    allow_forwarding: bool,
+    /// If set, forwards may reach only these ports of the host itself (no other address).
+    #[serde(default)]
+    allowed_forward_ports: Option<Vec<u16>>,
 }
 
 /// Cipher names accepted in hosts.json (kept in step with `CIPHERS` by a test).
@@ -233,6 +239,9 @@ fn default_keepalive_max() -> u64 {
 fn default_max_sessions() -> u64 {
     10
 }
+fn default_true() -> bool {
+    true
+}
 
 /// Ciphers a host may prefer with `"cipher"` (all AEAD or CTR, as OpenSSH offers by default).
 pub const CIPHERS: &[&str] = &[
@@ -289,6 +298,9 @@ pub struct HostConfig {
     pub max_sessions: u32,
     /// Cipher to prefer; `None` means AES-GCM on CPUs with AES instructions, else ChaCha20.
     pub cipher: Option<String>,
+    pub allow_forwarding: bool,
+    /// Forwards may reach only these ports on the host's loopback; `None`: any destination.
+    pub allowed_forward_ports: Option<Vec<u16>>,
 }
 
 // Written by hand so that nothing about the password, not even its length, can be printed.
@@ -333,6 +345,8 @@ impl HostConfig {
             && self.command_timeout == other.command_timeout
             && self.transfer_timeout == other.transfer_timeout
             && self.allowed_commands == other.allowed_commands
+            && self.allow_forwarding == other.allow_forwarding
+            && self.allowed_forward_ports == other.allowed_forward_ports
     }
 
     /// `user@host:port`, for messages.
@@ -478,6 +492,13 @@ fn validate_host(raw: RawHost, global_known_hosts: Option<&Path>) -> Result<Host
     let connect_timeout = positive("connect_timeout", raw.connect_timeout)?;
     let max_sessions = u32::try_from(positive("max_sessions", raw.max_sessions)?)
         .map_err(|_| "max_sessions is too large".to_string())?;
+    if raw
+        .allowed_forward_ports
+        .as_ref()
+        .is_some_and(|ports| ports.contains(&0))
+    {
+        return Err("allowed_forward_ports: 0 is not a port (1-65535)".into());
+    }
     let policy = raw
         .allowed_commands
         .as_deref()
@@ -515,6 +536,8 @@ fn validate_host(raw: RawHost, global_known_hosts: Option<&Path>) -> Result<Host
         keepalive_max: usize::try_from(raw.keepalive_max).unwrap_or(usize::MAX),
         max_sessions,
         cipher,
+        allow_forwarding: raw.allow_forwarding,
+        allowed_forward_ports: raw.allowed_forward_ports,
     })
 }
 

@@ -37,6 +37,10 @@ pub enum Error {
     JobRunning(String),
     #[error("{0}")]
     JobFailed(String),
+    #[error("forward refused for host {host}: {reason}")]
+    ForwardRefused { host: String, reason: String },
+    #[error("no forward {id:?}; open forwards: {}", if known.is_empty() { "none".to_string() } else { known.join(", ") })]
+    UnknownForward { id: String, known: Vec<String> },
     #[error(
         "host {host} is unreachable: {reason} ({} s ago); mcp-sshd tries again in {} s (or now, after ssh_disconnect)",
         ago.as_secs(), retry_in.as_secs().max(1)
@@ -63,7 +67,8 @@ impl From<Error> for Status {
             Error::Refused { .. } => Code::PermissionDenied,
             Error::ShuttingDown | Error::Unreachable { .. } => Code::Unavailable,
             Error::Incompatible(_) | Error::JobRunning(_) => Code::FailedPrecondition,
-            Error::UnknownJob(_) => Code::NotFound,
+            Error::UnknownJob(_) | Error::UnknownForward { .. } => Code::NotFound,
+            Error::ForwardRefused { .. } => Code::PermissionDenied,
             Error::JobFailed(_) => Code::Aborted,
             Error::Ssh(ssh) => match ssh.as_ref() {
                 SshError::Connect { .. }
@@ -78,6 +83,8 @@ impl From<Error> for Status {
                 | SshError::LoginShell { .. } => Code::FailedPrecondition,
                 SshError::AuthFailed { .. } => Code::Unauthenticated,
                 SshError::ChannelOpen { .. } => Code::ResourceExhausted,
+                SshError::Forward { .. } => Code::FailedPrecondition,
+                SshError::ForwardProhibited { .. } => Code::PermissionDenied,
                 SshError::InactivityTimeout { .. } | SshError::HostTimeout { .. } => {
                     Code::DeadlineExceeded
                 }

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod config;
 pub mod error;
+pub mod forwards;
 pub mod jobs;
 pub mod listener;
 pub mod policy;
@@ -117,8 +118,9 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), Daemo
     jobs_file.push(".jobs.json");
     let jobs = jobs::Jobs::open(registry.clone(), Some(PathBuf::from(jobs_file)));
     jobs.spawn_monitor(registry.shutdown_requested.clone());
-    let (daemon, hosts, exec, files, job_service) =
-        service::Service::new(registry.clone(), jobs).servers();
+    let forwards = forwards::Forwards::new(registry.clone());
+    let (daemon, hosts, exec, files, job_service, forward_service) =
+        service::Service::new(registry.clone(), jobs, forwards.clone()).servers();
     let stop_accepting = registry.shutdown_requested.clone();
     let server = tonic::transport::Server::builder()
         .add_service(daemon)
@@ -126,6 +128,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), Daemo
         .add_service(exec)
         .add_service(files)
         .add_service(job_service)
+        .add_service(forward_service)
         .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
     let mut server = tokio::spawn(server);
     // Type=notify services: ready once the server is accepting (a no-op without NOTIFY_SOCKET).
@@ -159,6 +162,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), Daemo
             server.abort();
         }
     }
+    forwards.close_all("mcp-sshd stopped");
     registry.close_all().await;
     if !activated {
         listener::remove_socket(&socket_path);

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod bins;
 pub mod daemon;
+pub mod http;
 pub mod proxy;
 pub mod rpc;
 pub mod shim;

@@ -1,6 +1,7 @@
 //! The gRPC services: the only place that converts between protobuf types and the daemon's own.
 
 mod files;
+mod forwards;
 mod jobs;
 
 use std::collections::HashMap;
@@ -16,6 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::audit::{Audit, BatchRef, ClientRef, Record};
 use crate::config::HostConfig;
 use crate::error::Error;
+use crate::forwards::Forwards;
 use crate::jobs::Jobs;
 use crate::listener::PeerInfo;
 use crate::registry::{ClientRecord, ConnState, HostEntry, HostSnapshot, Registry, millis};
@@ -28,17 +30,38 @@ pub type Servers = (
     pb::exec_server::ExecServer<Service>,
     pb::files_server::FilesServer<Service>,
     pb::jobs_server::JobsServer<Service>,
+    pb::forwards_server::ForwardsServer<Service>,
 );
 
 #[derive(Clone)]
 pub struct Service {
     registry: Arc<Registry>,
     jobs: Arc<Jobs>,
+    forwards: Arc<Forwards>,
 }
 
 impl Service {
-    pub fn new(registry: Arc<Registry>, jobs: Arc<Jobs>) -> Service {
-        Service { registry, jobs }
+    pub fn new(registry: Arc<Registry>, jobs: Arc<Jobs>, forwards: Arc<Forwards>) -> Service {
+        Service {
+            registry,
+            jobs,
+            forwards,
+        }
+    }
+
+    /// A host's state as `status`, `list_hosts` and `probe` report it.
+    fn host_state(&self, host: &HostEntry, jobs_running: &HashMap<String, u32>) -> pb::HostState {
+        let snapshot = host.snapshot();
+        let forwards = self
+            .forwards
+            .list(Some(&snapshot.name))
+            .into_iter()
+            .map(forwards::forward_info)
+            .collect();
+        pb::HostState {
+            forwards,
+            ..host_state(snapshot, jobs_running)
+        }
     }
 
     /// Servers for all services, ready for `Server::builder().add_service(..)`.
@@ -48,7 +71,8 @@ impl Service {
             pb::hosts_server::HostsServer::new(self.clone()),
             pb::exec_server::ExecServer::new(self.clone()),
             pb::files_server::FilesServer::new(self.clone()),
-            pb::jobs_server::JobsServer::new(self),
+            pb::jobs_server::JobsServer::new(self.clone()),
+            pb::forwards_server::ForwardsServer::new(self),
         )
     }
 
@@ -75,6 +99,7 @@ fn host_state(s: HostSnapshot, jobs_running: &HashMap<String, u32>) -> pb::HostS
     };
     pb::HostState {
         jobs_running: jobs_running.get(&s.name).copied().unwrap_or(0),
+        forwards: Vec::new(),
         name: s.name,
         hostname: s.hostname,
         port: u32::from(s.port),
@@ -174,7 +199,7 @@ impl pb::daemon_server::Daemon for Service {
             hosts: r
                 .hosts()
                 .iter()
-                .map(|h| host_state(h.snapshot(), &per_host))
+                .map(|h| self.host_state(h, &per_host))
                 .collect(),
             clients: r.clients().into_iter().map(client_info).collect(),
             warnings: settings.warnings,
@@ -264,7 +289,7 @@ impl pb::hosts_server::Hosts for Service {
             .registry
             .hosts()
             .iter()
-            .map(|h| host_state(h.snapshot(), &per_host))
+            .map(|h| self.host_state(h, &per_host))
             .collect();
         Ok(Response::new(pb::ListHostsReply { hosts }))
     }
@@ -278,7 +303,7 @@ impl pb::hosts_server::Hosts for Service {
         let host = self.registry.host(&req.into_inner().host)?;
         host.connection(&caller).await?;
         Ok(Response::new(pb::ProbeReply {
-            host: Some(host_state(host.snapshot(), &self.jobs.counts().2)),
+            host: Some(self.host_state(&host, &self.jobs.counts().2)),
         }))
     }
 

@@ -59,9 +59,11 @@ struct Shared {
     /// the order of its answers, so a refusal sees every confirmation sent before it), and
     /// uncounted once its freeing is proved or can no longer be.
     held: AtomicU32,
+    /// Remote forwards asked for on this connection: only their channels are accepted.
+    remote_forwards: super::forward::RemoteTable,
 }
 
-struct Handler {
+pub(super) struct Handler {
     host: Arc<HostConfig>,
     shared: Arc<Shared>,
     audit: Arc<Audit>,
@@ -149,6 +151,54 @@ impl client::Handler for Handler {
         self.audit_key(outcome, &fingerprint, Some(refusal.to_string()));
         *lock(&self.shared.key_refusal) = Some(refusal);
         Ok(false)
+    }
+
+    /// A connection to a port the host listens on for us. Accepted only for a remote forward
+    /// this connection asked for: russh's default would accept any, letting a server push
+    /// connections at us that nobody requested.
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        connected_address: &str,
+        connected_port: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(to) = self
+            .shared
+            .remote_forwards
+            .route(connected_address, connected_port)
+        else {
+            tracing::warn!(
+                host = %self.host.name,
+                "refused a forwarded connection to {connected_address}:{connected_port} that no forward asked for"
+            );
+            self.audit.record(Record {
+                action: "forward_refused",
+                outcome: "refused",
+                host: Some(self.host.name.clone()),
+                remote_address: Some(format!("{connected_address}:{connected_port}")),
+                peer: Some(format!("{originator_address}:{originator_port}")),
+                error: Some("no forward of ours listens there".into()),
+                ..Record::default()
+            });
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        reply.accept().await;
+        let incoming = super::forward::Incoming {
+            stream: channel.into_stream(),
+            originator: format!("{originator_address}:{originator_port}"),
+        };
+        // Never wait here (this is the session's own task): a full queue drops the connection.
+        if to.try_send(incoming).is_err() {
+            tracing::warn!(host = %self.host.name, "dropped a forwarded connection: too many waiting");
+        }
+        Ok(())
     }
 
     async fn channel_open_confirmation(
@@ -532,6 +582,14 @@ impl Connection {
 
     pub fn host(&self) -> &HostConfig {
         &self.host
+    }
+
+    pub(super) fn handle(&self) -> &Handle<Handler> {
+        &self.handle
+    }
+
+    pub(super) fn remote_forwards(&self) -> &super::forward::RemoteTable {
+        &self.shared.remote_forwards
     }
 
     /// `None` until the first script of ours told.

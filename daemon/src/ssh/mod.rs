@@ -4,6 +4,7 @@
 //! - [`auth`]: the OpenSSH-like order of credentials to try.
 //! - [`known_hosts`]: host key verification against OpenSSH's files.
 //! - [`exec`]: one remote command on a channel, with inactivity timeout and remote stopping.
+//! - [`forward`]: direct-tcpip channels (`-L`) and remote listeners (`-R`) for port forwards.
 //! - [`job`]: jobs supervised on the host: the start, probe, kill and removal scripts.
 //! - [`sftp`], [`transfer`]: atomic, pipelined uploads and downloads over SFTP; [`pending`]:
 //!   their remote temporary files awaiting removal.
@@ -11,6 +12,7 @@
 mod auth;
 pub mod connection;
 pub mod exec;
+pub mod forward;
 pub mod job;
 pub mod known_hosts;
 pub mod pending;
@@ -106,6 +108,12 @@ pub enum SshError {
     },
     #[error("could not open a channel to {target}: {reason}")]
     ChannelOpen { target: String, reason: String },
+    /// A forwarded connection the host could not make (nothing listening, no answer).
+    #[error("forward through {host}: {reason}")]
+    Forward { host: String, reason: String },
+    /// The host's sshd does not allow forwarding there.
+    #[error("forward through {host} refused: {reason}")]
+    ForwardProhibited { host: String, reason: String },
     #[error("{target} did not answer within {secs} s")]
     HostTimeout { target: String, secs: u64 },
     #[error("command produced no output for {} s (inactivity timeout) and was stopped: {stop}", idle.as_secs())]

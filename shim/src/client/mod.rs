@@ -159,6 +159,10 @@ impl DaemonClient {
         pb::jobs_client::JobsClient::new(self.channel.clone())
     }
 
+    pub fn forwards(&self) -> pb::forwards_client::ForwardsClient<Channel> {
+        pb::forwards_client::ForwardsClient::new(self.channel.clone())
+    }
+
     /// The config the daemon serves, if it differs from the one this client was told to use.
     pub fn config_mismatch(&self, wanted: Option<&Path>) -> Option<String> {
         let wanted = paths::resolve_config(wanted);

@@ -1,6 +1,7 @@
 //! Tool results: each has a structured form (with an output schema) and a short text form that
 //! leads with the outcome. The job tools' results are in `results/jobs.rs`.
 
+pub mod forward;
 pub mod jobs;
 
 use std::time::Duration;
@@ -247,11 +248,15 @@ pub struct HostInfo {
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Port forwards open to this host (ssh_forward).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub forwards: Vec<forward::ForwardBrief>,
 }
 
 impl From<pb::HostState> for HostInfo {
     fn from(h: pb::HostState) -> HostInfo {
         HostInfo {
+            forwards: forward::briefs(&h.forwards),
             state: state_name(h.state),
             last_error: (!h.last_error.is_empty()).then_some(h.last_error),
             name: h.name,
@@ -283,6 +288,12 @@ impl HostsResult {
             if let Some(e) = &h.last_error {
                 text.push_str(&format!(" ({})", e.lines().next().unwrap_or_default()));
             }
+            for f in &h.forwards {
+                text.push_str(&format!(
+                    "\n  forward {}: {} → {}",
+                    f.id, f.local_address, f.remote
+                ));
+            }
         }
         if let Some(note) = &self.note {
             text.push_str(&format!("\nnote: {note}"));
@@ -305,6 +316,9 @@ pub struct StatusResult {
     pub host_key_fingerprint: Option<String>,
     pub channels_in_use: u32,
     pub channel_limit: u32,
+    /// Port forwards open to this host (ssh_forward).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub forwards: Vec<forward::ForwardBrief>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
@@ -312,6 +326,7 @@ pub struct StatusResult {
 impl StatusResult {
     pub fn reachable(h: pb::HostState, note: Option<String>) -> StatusResult {
         StatusResult {
+            forwards: forward::briefs(&h.forwards),
             host: h.name,
             reachable: true,
             error: None,
@@ -341,6 +356,7 @@ impl StatusResult {
             host_key_fingerprint: None,
             channels_in_use: 0,
             channel_limit,
+            forwards: Vec::new(),
             note,
         }
     }
@@ -362,6 +378,12 @@ impl StatusResult {
                 self.error.as_deref().unwrap_or("unknown error")
             )
         };
+        for f in &self.forwards {
+            text.push_str(&format!(
+                "\nforward {}: {} → {} ({} connections open)",
+                f.id, f.local_address, f.remote, f.connections_open
+            ));
+        }
         if let Some(note) = &self.note {
             text.push_str(&format!("\nnote: {note}"));
         }

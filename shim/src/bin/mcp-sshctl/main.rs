@@ -98,6 +98,34 @@ enum Cmd {
     /// Start, read, kill or forget a job
     #[command(subcommand)]
     Job(JobCmd),
+    /// Forward a host's port to 127.0.0.1 (as ssh -L), kept by the daemon; list or close
+    /// forwards; or relay a port on the host to this machine (-R)
+    ///
+    /// `forward gpu-box 6006` (a free local port), `forward gpu-box 8080:6006`,
+    /// `forward -R gpu-box 8080:localhost:3000`, `forward --list`, `forward --close f1`.
+    Forward {
+        /// Host name from hosts.json
+        #[arg(required_unless_present_any = ["list", "close"])]
+        host: Option<String>,
+        /// [LOCAL_PORT:]REMOTE_PORT; with -R, [BIND:]PORT:LOCAL_HOST:LOCAL_PORT
+        #[arg(required_unless_present_any = ["list", "close"], value_name = "SPEC")]
+        spec: Option<String>,
+        /// Where the port is, as seen from the host [default: localhost]
+        #[arg(long, value_name = "H")]
+        remote_host: Option<String>,
+        /// Listen on a Unix socket (0600) beside the daemon's socket instead of a port
+        #[arg(long, conflicts_with = "remote")]
+        unix: bool,
+        /// Relay a port on the host to this machine (as ssh -R)
+        #[arg(short = 'R', long = "remote")]
+        remote: bool,
+        /// List the forwards
+        #[arg(long, conflicts_with_all = ["host", "close"])]
+        list: bool,
+        /// Close the forward with this id
+        #[arg(long, value_name = "ID", conflicts_with = "host")]
+        close: Option<String>,
+    },
     /// Close the daemon's connection to a host
     Disconnect { host: String },
     /// Re-read hosts.json (as SIGHUP does); an invalid file changes nothing and exits 4
@@ -266,6 +294,30 @@ async fn run(args: Args, config_from_env: bool) -> ExitCode {
             cmd::jobs::kill(&ctx, id, signal).await
         }
         Cmd::Job(JobCmd::Forget { id }) => cmd::jobs::forget(&ctx, id).await,
+        Cmd::Forward {
+            host,
+            spec,
+            remote_host,
+            unix,
+            remote,
+            list,
+            close,
+        } => {
+            let ask = match (list, close, host, spec) {
+                (true, _, _, _) => cmd::forward::ForwardAsk::List,
+                (_, Some(id), _, _) => cmd::forward::ForwardAsk::Close(id),
+                (_, _, Some(host), Some(spec)) => cmd::forward::ForwardAsk::Open {
+                    host,
+                    spec,
+                    remote_host,
+                    unix,
+                    remote,
+                },
+                // clap requires HOST and SPEC without --list or --close.
+                _ => cmd::forward::ForwardAsk::List,
+            };
+            cmd::forward::forward(&ctx, ask).await
+        }
         Cmd::Disconnect { host } => cmd::daemon::disconnect(&ctx, host).await,
         Cmd::Reload => cmd::daemon::reload(&ctx).await,
         Cmd::Stop => cmd::daemon::stop(&ctx).await,

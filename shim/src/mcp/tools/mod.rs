@@ -3,6 +3,7 @@
 
 mod exec;
 mod files;
+mod forward;
 mod hosts;
 mod jobs;
 
@@ -14,7 +15,11 @@ pub(crate) use jobs::{OutputError, is_refusal};
 use super::Shim;
 
 pub(super) fn router() -> ToolRouter<Shim> {
-    Shim::hosts_router() + Shim::exec_router() + Shim::files_router() + Shim::jobs_router()
+    Shim::hosts_router()
+        + Shim::exec_router()
+        + Shim::files_router()
+        + Shim::jobs_router()
+        + Shim::forward_router()
 }
 
 #[cfg(test)]
@@ -107,6 +112,7 @@ mod tests {
                 "ssh_download",
                 "ssh_execute",
                 "ssh_execute_batch",
+                "ssh_forward",
                 "ssh_job_kill",
                 "ssh_job_output",
                 "ssh_job_start",

@@ -84,6 +84,15 @@ fn status_text(s: &pb::StatusReply) -> String {
     }
     out.push('\n');
     out.push_str(&host_table(&s.hosts));
+    let forwards: Vec<pb::ForwardInfo> = s
+        .hosts
+        .iter()
+        .flat_map(|h| h.forwards.iter().cloned())
+        .collect();
+    if !forwards.is_empty() {
+        let _ = writeln!(out, "\nforwards ({})", forwards.len());
+        out.push_str(&super::forward::table(&forwards));
+    }
     let _ = writeln!(out, "\nclients ({})", s.clients.len());
     for c in &s.clients {
         let version = if c.version.is_empty() {
@@ -140,6 +149,7 @@ fn host_json(h: &pb::HostState) -> serde_json::Value {
         "server_version": non_empty(&h.server_version),
         "host_key_fingerprint": non_empty(&h.host_key_fingerprint),
         "connections_opened": h.connections_opened, "restricted": h.restricted,
+        "forwards": h.forwards.iter().map(super::forward::forward_json).collect::<Vec<_>>(),
     })
 }
 
