@@ -427,15 +427,25 @@ impl Forwards {
         Ok(forward.view())
     }
 
-    /// The forward of `host` to `to_host:to_port` (a local one), for closing by destination.
-    pub fn find_local(&self, host: &str, to_host: &str, to_port: u16) -> Option<String> {
+    /// The local forwards of `host` to `to_host:to_port` (listening on `local_port` when it
+    /// is not 0), for closing by destination: their ids and where they listen.
+    pub fn find_local(
+        &self,
+        host: &str,
+        to_host: &str,
+        to_port: u16,
+        local_port: u16,
+    ) -> Vec<(String, String)> {
         lock(&self.table)
             .iter()
-            .find(|f| {
+            .filter(|f| {
                 f.host == host
                     && matches!(&f.spec, Spec::Local { to_host: h, to_port: p, .. } if h == to_host && *p == to_port)
+                    && (local_port == 0
+                        || lock(&f.listening_on).ends_with(&format!(":{local_port}")))
             })
-            .map(|f| f.id.clone())
+            .map(|f| (f.id.clone(), lock(&f.listening_on).clone()))
+            .collect()
     }
 
     fn finish(&self, forward: &Forward, caller: &Option<ClientRef>, reason: &str) {

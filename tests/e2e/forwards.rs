@@ -123,8 +123,38 @@ async fn a_forward_should_relay_http_and_outlive_the_shim_that_opened_it() {
     let human = String::from_utf8_lossy(&human.stdout).into_owned();
     assert!(human.contains(&local), "{human}");
 
-    // Closed by another client: the port no longer answers.
+    // Closed by another client: the port no longer answers. With two forwards to the same
+    // port, the one to close is named by its local port.
     let shim = Shim::attach(&daemon, "second-client").await;
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let second_port = free.local_addr().unwrap().port();
+    drop(free);
+    let second = shim
+        .call(
+            "ssh_forward",
+            json!({ "host": "box", "remote_port": web.port, "local_port": second_port }),
+        )
+        .await;
+    assert_eq!(structured(&second)["state"], "opened", "{}", text(&second));
+    let ambiguous = shim
+        .call(
+            "ssh_forward",
+            json!({ "host": "box", "remote_port": web.port, "close": true }),
+        )
+        .await;
+    assert!(is_error(&ambiguous));
+    assert!(
+        text(&ambiguous).contains("give local_port"),
+        "{}",
+        text(&ambiguous)
+    );
+    let closed = shim
+        .call(
+            "ssh_forward",
+            json!({ "host": "box", "remote_port": web.port, "local_port": second_port, "close": true }),
+        )
+        .await;
+    assert_eq!(structured(&closed)["state"], "closed", "{}", text(&closed));
     let closed = shim
         .call(
             "ssh_forward",
@@ -159,7 +189,7 @@ async fn a_forward_should_relay_http_and_outlive_the_shim_that_opened_it() {
     assert_eq!(opened["client"]["name"], "forward-client", "{opened}");
     let closed = records
         .iter()
-        .find(|r| r["action"] == "forward_closed")
+        .find(|r| r["action"] == "forward_closed" && r["forward"] == "f1")
         .unwrap();
     assert!(closed["suppressed"].as_u64().unwrap_or(0) >= 1, "{closed}");
 }
@@ -197,6 +227,21 @@ async fn a_forward_should_come_back_after_its_connection_is_cut() {
     assert_eq!(served.as_deref(), Some(&b"hello\n"[..]));
     assert!(proxy.accepted() >= 2, "no new SSH connection was made");
     assert_eq!(forwards(&daemon).len(), 1);
+
+    // A reload that turns forwarding off for the host closes the forward.
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&daemon.config).unwrap()).unwrap();
+    config["hosts"][0]["allow_forwarding"] = false.into();
+    std::fs::write(&daemon.config, config.to_string()).unwrap();
+    let out = daemon.ctl(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    let closed = crate::common::eventually(Duration::from_secs(5), || forwards(&daemon).is_empty());
+    assert!(
+        closed,
+        "the forward outlived the reload: {:?}",
+        forwards(&daemon)
+    );
+    assert!(curl(&url).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,7 +262,7 @@ async fn a_port_nobody_listens_on_should_fail_each_connection_not_the_forward() 
         s["last_error"]
             .as_str()
             .unwrap_or_default()
-            .contains("nothing accepted the connection"),
+            .contains("nothing listens there"),
         "{s}"
     );
     let url = format!("http://{}/hello", s["local_address"].as_str().unwrap());

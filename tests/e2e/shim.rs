@@ -29,6 +29,7 @@ async fn conversation_should_list_tools_and_run_every_tool() {
             "ssh_download",
             "ssh_execute",
             "ssh_execute_batch",
+            "ssh_forward",
             "ssh_job_kill",
             "ssh_job_output",
             "ssh_job_start",
@@ -58,6 +59,10 @@ async fn conversation_should_list_tools_and_run_every_tool() {
                 assert_eq!(a.open_world_hint, Some(true));
             }
             "ssh_disconnect" => assert_eq!(a.idempotent_hint, Some(true)),
+            "ssh_forward" => {
+                assert_eq!(a.idempotent_hint, Some(true));
+                assert_eq!(a.destructive_hint, Some(false));
+            }
             _ => unreachable!(),
         }
     }
@@ -129,6 +134,38 @@ async fn conversation_should_list_tools_and_run_every_tool() {
     );
     assert!(s["server_version"].as_str().unwrap().contains("OpenSSH"));
     assert!(s["connected_since_unix_ms"].as_i64().unwrap() > 0);
+
+    // A forward to the host's own sshd: its banner comes back through it.
+    let forward = shim
+        .call(
+            "ssh_forward",
+            json!({ "host": "box", "remote_port": sshd.port }),
+        )
+        .await;
+    assert!(!is_error(&forward), "{}", text(&forward));
+    let local = structured(&forward)["local_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let banner = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let stream = std::net::TcpStream::connect(local).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stream)
+            .read_line(&mut line)
+            .unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    assert!(banner.starts_with("SSH-2.0-OpenSSH"), "{banner:?}");
+    let closed = shim
+        .call(
+            "ssh_forward",
+            json!({ "host": "box", "remote_port": sshd.port, "close": true }),
+        )
+        .await;
+    assert_eq!(structured(&closed)["state"], "closed", "{}", text(&closed));
 
     let bye = shim.call("ssh_disconnect", json!({ "host": "box" })).await;
     assert_eq!(structured(&bye)["was_connected"], true);
@@ -684,7 +721,7 @@ async fn the_quick_start_demo_should_run() {
         String::from_utf8_lossy(&out.stderr)
     );
     for expected in [
-        "11 tools: list_hosts",
+        "12 tools: list_hosts",
         "→ tools/call ssh_execute",
         "exit 0",
         "uploaded 28 B",

@@ -113,7 +113,7 @@ impl pb::forwards_server::Forwards for Service {
             _ => {
                 if remote_port == 0 {
                     return Err(Error::InvalidArgument(
-                        "remote_port is required: the port of the service on the host (e.g. 6006 for TensorBoard)".into(),
+                        "remote_port must be 1-65535: the port of the service on the host (e.g. 6006 for TensorBoard)".into(),
                     )
                     .into());
                 }
@@ -145,14 +145,38 @@ impl pb::forwards_server::Forwards for Service {
             let entry = self.registry.host(&req.host)?;
             let to_host = or_default(&req.remote_host, "localhost");
             let to_port = port(req.remote_port, "remote_port")?;
-            self.forwards
-                .find_local(&entry.name(), &to_host, to_port)
-                .ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "no forward of {} to {to_host}:{to_port} is open",
-                        req.host
+            let local_port = port(req.local_port, "local_port")?;
+            let found = self
+                .forwards
+                .find_local(&entry.name(), &to_host, to_port, local_port);
+            match &found[..] {
+                [] => {
+                    return Err(Error::InvalidArgument(format!(
+                        "no forward of {} to {to_host}:{to_port} is open{}",
+                        req.host,
+                        if local_port == 0 {
+                            String::new()
+                        } else {
+                            format!(" on local port {local_port}")
+                        }
                     ))
-                })?
+                    .into());
+                }
+                [(id, _)] => id.clone(),
+                several => {
+                    let listed: Vec<String> = several
+                        .iter()
+                        .map(|(id, at)| format!("{id} on {at}"))
+                        .collect();
+                    return Err(Error::InvalidArgument(format!(
+                        "{} forwards of {} reach {to_host}:{to_port} ({}): give local_port to say which to close",
+                        several.len(),
+                        req.host,
+                        listed.join(", ")
+                    ))
+                    .into());
+                }
+            }
         } else {
             req.id
         };

@@ -7,14 +7,16 @@
 //! - `pid`: `<supervisor pid> <process group> <start time> [<start ticks>]`, written by the
 //!   supervisor;
 //! - `stdout`, `stderr`: the command's output streams, appended to as it runs;
-//! - `rc`: `<exit status> <end time>`, written by the supervisor once the command ended (a shell
+//! - `rc`: `<exit status> <end time> [<uptime>]`, written by the supervisor once the command ended (a shell
 //!   reports death by signal N as 128+N);
 //! - `killed`: the signal `Kill` sent, written before sending it.
 //!
 //! The supervisor is a `sh` in a session of its own (`setsid`) with stdin, stdout and stderr on
 //! /dev/null, so no SSH channel holds it: closing the connection or killing sshd's session leaves
 //! it running. It traps TERM, INT and HUP (a caught signal is reset in the command it runs, an
-//! ignored one would not be), so a kill of the whole group still lets it record the status.
+//! ignored one would not be), so a kill of the whole group still lets it record the status; a
+//! signal that arrives before the command started (the kill found the `pid` file first) is
+//! remembered, and the command is then not started: the job ends as killed by it.
 //!
 //! Every script here runs under `sh -c`, whatever the login shell is; the user's command itself
 //! runs under the login shell (`$SHELL -c`), as `ssh_execute`'s does. Scripts only use POSIX sh
@@ -168,13 +170,13 @@ fn with_stat_function(script: &str) -> String {
 /// costs no `date`, whose fork and exec would compete with the command for the CPU); elsewhere
 /// as nanoseconds since the epoch (whole seconds where `date` has no `%N`). `rc` holds the exit
 /// status, the epoch time and, where there is one, the uptime.
-const SUPERVISOR: &str = r#"d=$1; trap : TERM INT HUP
+const SUPERVISOR: &str = r#"d=$1; k=; trap 'k=15' TERM; trap 'k=2' INT; trap 'k=1' HUP
 STAT_FUNCTION
 now() { t=$(date +%s%N 2>/dev/null); case $t in *[!0-9]*|"") t=$(date +%s)000000000 ;; esac; echo "$t"; }
 up() { u=; [ -r /proc/uptime ] && read -r u _ < /proc/uptime; case $u in *[0-9].[0-9][0-9]) u=u${u%.*}${u#*.} ;; *) u= ;; esac; }
 g=$4; [ "$g" = s ] && g=$$; pstat $$; up; [ -n "$u" ] || u=$(now)
 echo "$$ $g $u $sticks" > "$d/pid"
-if [ -n "$2" ] && ! cd -- "$2" 2>>"$d/stderr"; then r=1; else
+if [ -n "$k" ]; then r=$((128 + k)); elif [ -n "$2" ] && ! cd -- "$2" 2>>"$d/stderr"; then r=1; else
 "${SHELL:-/bin/sh}" -c "$3" </dev/null >>"$d/stdout" 2>>"$d/stderr"; r=$?; fi
 up; echo "$r $(now) $u" > "$d/rc.tmp" && mv -f "$d/rc.tmp" "$d/rc"
 "#;

@@ -38,12 +38,21 @@ pub fn briefs(forwards: &[pb::ForwardInfo]) -> Vec<ForwardBrief> {
         .collect()
 }
 
+/// What the call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardState {
+    Opened,
+    /// The same forward was open already: it is the one returned.
+    AlreadyOpen,
+    Closed,
+}
+
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ForwardResult {
     pub id: String,
     pub host: String,
-    /// `opened`, `already_open` (the same forward existed) or `closed`.
-    pub state: &'static str,
+    pub state: ForwardState,
     /// Where to connect on this machine.
     pub local_address: String,
     /// `http://127.0.0.1:PORT/`, for a web service.
@@ -60,10 +69,8 @@ pub struct ForwardResult {
 }
 
 impl ForwardResult {
-    pub fn new(f: pb::ForwardInfo, state: &'static str) -> ForwardResult {
-        let url = f
-            .local_address
-            .starts_with("127.0.0.1:")
+    pub fn new(f: pb::ForwardInfo, state: ForwardState) -> ForwardResult {
+        let url = (state != ForwardState::Closed && f.local_address.starts_with("127.0.0.1:"))
             .then(|| format!("http://{}/", f.local_address));
         ForwardResult {
             state,
@@ -82,7 +89,7 @@ impl ForwardResult {
     pub fn text(&self) -> String {
         let route = format!("{} → {} on {}", self.local_address, self.remote, self.host);
         let mut text = match self.state {
-            "closed" => format!(
+            ForwardState::Closed => format!(
                 "forward {} closed: {route} ({} connection{}, {} moved)",
                 self.id,
                 self.connections_total,
@@ -90,7 +97,7 @@ impl ForwardResult {
                 human_bytes(self.bytes_moved)
             ),
             state => {
-                let opened = if state == "opened" {
+                let opened = if state == ForwardState::Opened {
                     "opened"
                 } else {
                     "already open"
@@ -98,7 +105,7 @@ impl ForwardResult {
                 let reach = self
                     .url
                     .as_ref()
-                    .map(|u| format!("; a web service there is at {u}"))
+                    .map(|u| format!(" (over HTTP: {u})"))
                     .unwrap_or_default();
                 format!(
                     "forward {} {opened}: {route}{reach}. mcp-sshd keeps it (across reconnects and client restarts) until closed with close: true",
@@ -107,7 +114,12 @@ impl ForwardResult {
             }
         };
         if let Some(e) = &self.last_error {
-            text.push_str(&format!("\nlast failed connection: {e}"));
+            let what = if self.connections_total == 0 {
+                "not reachable yet (the forward stays and relays once it is)"
+            } else {
+                "last failed connection"
+            };
+            text.push_str(&format!("\n{what}: {e}"));
         }
         text
     }
@@ -126,13 +138,13 @@ mod tests {
             remote_address: "localhost:6006".into(),
             ..Default::default()
         };
-        let text = ForwardResult::new(info.clone(), "opened").text();
+        let text = ForwardResult::new(info.clone(), ForwardState::Opened).text();
         assert!(
             text.starts_with("forward f1 opened: 127.0.0.1:41234 → localhost:6006 on gpu"),
             "{text}"
         );
         assert!(text.contains("http://127.0.0.1:41234/"), "{text}");
-        let text = ForwardResult::new(info, "closed").text();
+        let text = ForwardResult::new(info, ForwardState::Closed).text();
         assert!(
             text.contains("closed") && text.contains("0 connections"),
             "{text}"

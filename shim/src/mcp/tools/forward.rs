@@ -8,7 +8,8 @@ use rmcp::{RoleServer, tool, tool_router};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::mcp::results::{self, forward::ForwardResult};
+use crate::mcp::results;
+use crate::mcp::results::forward::{ForwardResult, ForwardState};
 use crate::mcp::schema::output_schema;
 use crate::mcp::{Call, Shim, error_result};
 
@@ -17,6 +18,7 @@ use crate::mcp::{Call, Shim, error_result};
 pub struct ForwardParams {
     pub host: String,
     /// Port of the service, as seen from the host
+    #[schemars(range(min = 1))]
     pub remote_port: u16,
     /// Default localhost (the host itself)
     #[serde(default)]
@@ -45,13 +47,14 @@ impl Shim {
                 host: p.host.clone(),
                 remote_host,
                 remote_port: u32::from(p.remote_port),
+                local_port: u32::from(p.local_port.unwrap_or(0)),
             };
             self.with_daemon(&ctx, Call::Idempotent, |client| {
                 let request = request.clone();
                 async move { client.forwards().close(request).await }
             })
             .await
-            .map(|reply| (reply.into_inner().forward, "closed"))
+            .map(|reply| (reply.into_inner().forward, ForwardState::Closed))
         } else {
             let request = pb::ForwardOpenRequest {
                 host: p.host.clone(),
@@ -69,9 +72,9 @@ impl Shim {
             .map(|reply| {
                 let reply = reply.into_inner();
                 let state = if reply.existed {
-                    "already_open"
+                    ForwardState::AlreadyOpen
                 } else {
-                    "opened"
+                    ForwardState::Opened
                 };
                 (reply.forward, state)
             })

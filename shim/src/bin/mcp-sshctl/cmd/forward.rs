@@ -96,10 +96,11 @@ pub async fn forward(ctx: &Ctx, ask: ForwardAsk) -> Result<ExitCode, ClientError
                 println!("{:#}", forward_json(&f));
             } else {
                 println!(
-                    "closed {}: {} ({} connections, {} moved)",
+                    "closed {}: {}; {} connection{}, {} moved",
                     f.id,
                     route(&f),
                     f.connections_total,
+                    if f.connections_total == 1 { "" } else { "s" },
                     HumanBytes(f.bytes_to_host + f.bytes_from_host)
                 );
             }
