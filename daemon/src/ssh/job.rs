@@ -7,9 +7,12 @@
 //! - `pid`: `<supervisor pid> <process group> <start time> [<start ticks>]`, written by the
 //!   supervisor;
 //! - `stdout`, `stderr`: the command's output streams, appended to as it runs;
-//! - `rc`: `<exit status> <end time> [<uptime>]`, written by the supervisor once the command ended (a shell
-//!   reports death by signal N as 128+N);
+//! - `rc`: `<exit status> <end time> [<uptime>]`, written by the supervisor once the command
+//!   ended (a shell reports death by signal N as 128+N);
 //! - `killed`: the signal `Kill` sent, written before sending it.
+//!
+//! Beside it, `<hex>.claim` holds the id from the start on (see [`start_script`]); it is empty
+//! unless the supervisor could not create the directory, and is removed with the directory.
 //!
 //! The supervisor is a `sh` in a session of its own (`setsid`) with stdin, stdout and stderr on
 //! /dev/null, so no SSH channel holds it: closing the connection or killing sshd's session leaves
@@ -171,6 +174,8 @@ fn with_stat_function(script: &str) -> String {
 /// as nanoseconds since the epoch (whole seconds where `date` has no `%N`). `rc` holds the exit
 /// status, the epoch time and, where there is one, the uptime.
 const SUPERVISOR: &str = r#"d=$1; k=; trap 'k=15' TERM; trap 'k=2' INT; trap 'k=1' HUP
+mkdir "$d" 2>/dev/null || { echo "cannot create $d" > "$d.claim"; exit 1; }
+printf '%s\n' "$3" > "$d/command"; : > "$d/stdout"; : > "$d/stderr"
 STAT_FUNCTION
 now() { t=$(date +%s%N 2>/dev/null); case $t in *[!0-9]*|"") t=$(date +%s)000000000 ;; esac; echo "$t"; }
 up() { u=; [ -r /proc/uptime ] && read -r u _ < /proc/uptime; case $u in *[0-9].[0-9][0-9]) u=u${u%.*}${u#*.} ;; *) u= ;; esac; }
@@ -197,7 +202,14 @@ pub enum StartOutcome {
     Failed(String),
 }
 
-/// The script that creates the job directory and starts the supervisor in the background.
+/// The script that claims the job's id and starts the supervisor in the background, which
+/// creates the job directory.
+///
+/// The id is claimed with a file created exclusively by the shell itself (`set -C`, O_EXCL),
+/// `<hex>.claim` beside the directory: a `mkdir` here would cost a process launch, about a
+/// fifth of the whole start, while the caller waits. Until the supervisor made the directory,
+/// the probe reports the job as running with no output; a supervisor that could not make it
+/// writes why into the claim, and the job is then lost.
 ///
 /// `setsid -f` (util-linux ≥ 2.31) is preferred: the supervisor is then no asynchronous list of
 /// the shell, which POSIX makes ignore SIGINT (and an ignored signal cannot be trapped or reset,
@@ -209,12 +221,12 @@ pub fn start_script(hex: &str, command: &str, cwd: Option<&str>) -> String {
 b="${{XDG_CACHE_HOME:-$HOME/.cache}}/mcp-ssh/jobs"
 [ -d "$b" ] || mkdir -p "$b" || {{ echo "MCPSSH-FAILED cannot create $b"; exit 0; }}
 d=$b/{hex}
-mkdir "$d" 2>/dev/null || {{ [ -d "$d" ] && echo MCPSSH-TAKEN || echo "MCPSSH-FAILED cannot create $d"; exit 0; }}
 c={cwd}
 case $c in "~") c=$HOME ;; "~/"*) c=$HOME/${{c#"~/"}} ;; esac
-if [ -n "$c" ] && [ ! -d "$c" ]; then rmdir "$d"; echo MCPSSH-NOCWD; exit 0; fi
+if [ -n "$c" ] && [ ! -d "$c" ]; then echo MCPSSH-NOCWD; exit 0; fi
+[ -e "$d" ] && {{ echo MCPSSH-TAKEN; exit 0; }}
+set -C; if ! true 2>/dev/null > "$d.claim"; then [ -e "$d.claim" ] && echo MCPSSH-TAKEN || echo "MCPSSH-FAILED cannot create $d.claim"; exit 0; fi; set +C
 sup={sup}; cmd={cmd}
-printf '%s\n' "$cmd" > "$d/command"; : > "$d/stdout"; : > "$d/stderr"
 if setsid -f sh -c "$sup" {name} "$d" "$c" "$cmd" s </dev/null >/dev/null 2>&1; then :
 elif command -v setsid >/dev/null 2>&1; then setsid sh -c "$sup" {name} "$d" "$c" "$cmd" s </dev/null >/dev/null 2>&1 &
 else g=$(ps -o pgid= -p $$ 2>/dev/null | tr -d ' '); sh -c "$sup" {name} "$d" "$c" "$cmd" "${{g:-$$}}" </dev/null >/dev/null 2>&1 &
@@ -337,7 +349,8 @@ const PROBE_FUNCTIONS: &str = r#"STAT_FUNCTION
 alive() { kill -0 "$1" 2>/dev/null || return 1; [ -r "/proc/$1/stat" ] || return 0
 if [ -n "$3" ]; then pstat "$1" && [ "$sstate" != Z ] && [ "$sstate" != X ] && [ "$sticks" = "$3" ]; return; fi
 grep -qsF -- "$2" "/proc/$1/cmdline"; }
-j() { d=$1; o=0; x=0; if [ ! -d "$d" ]; then echo "J missing - - - 0 0 0 0 - o"; return; fi
+j() { d=$1; o=0; x=0; if [ ! -d "$d" ]; then
+ if [ -s "$d.claim" ]; then echo "J vanished - - - 0 0 0 0 - o"; elif [ -e "$d.claim" ]; then echo "J running - - - 0 0 0 0 - o"; else echo "J missing - - - 0 0 0 0 - o"; fi; return; fi
 r=-; e=-; eu=; [ -f "$d/rc" ] && read -r r e eu < "$d/rc"; r=${r:--}
 k=-; [ -f "$d/killed" ] && read -r k < "$d/killed"
 p=-; g=-; t=-; ps=; [ -f "$d/pid" ] && read -r p g t ps < "$d/pid"; p=${p:--}
@@ -543,7 +556,7 @@ pub enum KillAnswer {
 pub fn kill_script(dir: &str, signal: &str) -> String {
     let d = shell_quote(dir);
     format!(
-        r#"jd={d}; [ -d "$jd" ] || {{ echo missing; exit 0; }}
+        r#"jd={d}; [ -d "$jd" ] || [ -e "$jd.claim" ] || {{ echo missing; exit 0; }}
 i=0; while [ ! -f "$jd/pid" ] && [ ! -f "$jd/rc" ] && [ $i -lt 30 ]; do sleep 0.1 2>/dev/null || sleep 1; i=$((i+1)); done
 if [ -f "$jd/rc" ]; then echo ended; else echo {signal} > "$jd/killed"; echo running; fi
 [ -f "$jd/pid" ] || {{ echo gone; exit 0; }}
@@ -566,9 +579,12 @@ pub fn parse_kill(out: &Captured) -> Result<KillAnswer, String> {
     }
 }
 
-/// Removes job directories (each checked with [`is_job_dir`] by the caller).
+/// Removes job directories and their claims (each checked with [`is_job_dir`] by the caller).
 pub fn remove_script(dirs: &[&str]) -> String {
-    let quoted: Vec<String> = dirs.iter().map(|d| shell_quote(d)).collect();
+    let quoted: Vec<String> = dirs
+        .iter()
+        .flat_map(|d| [shell_quote(d), shell_quote(&format!("{d}.claim"))])
+        .collect();
     format!("rm -rf -- {} && echo removed", quoted.join(" "))
 }
 
@@ -709,7 +725,37 @@ mod tests {
                 "{shell}"
             );
             assert!(!std::path::Path::new(&dir).exists());
+            assert!(!std::path::Path::new(&format!("{dir}.claim")).exists());
         }
+    }
+
+    /// Between the start's answer and the supervisor's `mkdir`, the claim alone says the job
+    /// is starting; a claim holding a reason says the supervisor could not make the directory.
+    #[test]
+    fn a_claimed_id_without_its_directory_should_be_starting_or_lost() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = format!("{}/.cache/mcp-ssh/jobs/00bb11", home.path().display());
+        std::fs::create_dir_all(format!("{}/.cache/mcp-ssh/jobs", home.path().display())).unwrap();
+        std::fs::write(format!("{dir}.claim"), "").unwrap();
+        let asks = [ProbeAsk {
+            dir: &dir,
+            windows: None,
+        }];
+        let probe = |what: &str| {
+            let out = run_in("/bin/sh", home.path(), &probe_script(&asks));
+            let report = parse_probe(&out.stdout, &asks).unwrap_or_else(|e| panic!("{what}: {e}"));
+            report.jobs[0].state.clone()
+        };
+        assert_eq!(probe("claimed"), RemoteState::Running);
+        std::fs::write(format!("{dir}.claim"), "cannot create it\n").unwrap();
+        assert!(matches!(probe("failed"), RemoteState::Vanished { .. }));
+        // The same id is not handed out again while its claim exists.
+        let out = run_in(
+            "/bin/sh",
+            home.path(),
+            &start_script("00bb11", "true", None),
+        );
+        assert_eq!(parse_start(&out), StartOutcome::IdTaken, "{out:?}");
     }
 
     #[test]
