@@ -132,8 +132,13 @@ struct RawHost {
     #[schemars(with = "Option<String>")]
     password: Option<SecretString>,
     /// Skip host key verification (ephemeral cloud machines only); the key seen is audited.
+    /// The same as host_key_policy "accept-any".
     #[serde(default)]
     auto_accept_host_key: bool,
+    /// strict (default): known_hosts only; accept-new: an unknown key is recorded in the
+    /// known_hosts file (trust on first use), a changed one refused; accept-any: no check.
+    #[serde(default)]
+    host_key_policy: Option<HostKeyPolicy>,
     /// Seconds without output before a command is stopped.
     #[serde(default = "default_command_timeout")]
     #[schemars(range(min = 1))]
@@ -171,6 +176,29 @@ struct RawHost {
     /// If set, forwards may reach only these ports of the host itself (no other address).
     #[serde(default)]
     allowed_forward_ports: Option<Vec<u16>>,
+}
+
+/// How a host's key is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKeyPolicy {
+    /// The key must be in a known_hosts file.
+    Strict,
+    /// An unknown key is recorded in the known_hosts file (as `ssh` would write it) and
+    /// trusted from then on; a changed or revoked one is refused.
+    AcceptNew,
+    /// Any key is accepted (and audited): ephemeral machines only.
+    AcceptAny,
+}
+
+impl HostKeyPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostKeyPolicy::Strict => "strict",
+            HostKeyPolicy::AcceptNew => "accept-new",
+            HostKeyPolicy::AcceptAny => "accept-any",
+        }
+    }
 }
 
 /// Cipher names accepted in hosts.json (kept in step with `CIPHERS` by a test).
@@ -281,7 +309,7 @@ pub struct HostConfig {
     pub username: String,
     pub identity_file: Option<PathBuf>,
     pub password: Option<SecretString>,
-    pub auto_accept_host_key: bool,
+    pub host_key_policy: HostKeyPolicy,
     pub command_timeout: Duration,
     pub transfer_timeout: Duration,
     /// `allowed_commands`, parsed; `None` means any command may run.
@@ -313,7 +341,7 @@ impl fmt::Debug for HostConfig {
             .field("username", &self.username)
             .field("identity_file", &self.identity_file)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("auto_accept_host_key", &self.auto_accept_host_key)
+            .field("host_key_policy", &self.host_key_policy)
             .finish_non_exhaustive()
     }
 }
@@ -330,7 +358,7 @@ impl HostConfig {
             && self.username == other.username
             && self.identity_file == other.identity_file
             && password(self) == password(other)
-            && self.auto_accept_host_key == other.auto_accept_host_key
+            && self.host_key_policy == other.host_key_policy
             && self.known_hosts_files == other.known_hosts_files
             && self.connect_timeout == other.connect_timeout
             && self.keepalive_interval == other.keepalive_interval
@@ -499,6 +527,16 @@ fn validate_host(raw: RawHost, global_known_hosts: Option<&Path>) -> Result<Host
     {
         return Err("allowed_forward_ports: 0 is not a port (1-65535)".into());
     }
+    let host_key_policy = match (raw.auto_accept_host_key, raw.host_key_policy) {
+        (false, policy) => policy.unwrap_or(HostKeyPolicy::Strict),
+        (true, None | Some(HostKeyPolicy::AcceptAny)) => HostKeyPolicy::AcceptAny,
+        (true, Some(other)) => {
+            return Err(format!(
+                "auto_accept_host_key: true and host_key_policy {:?} disagree; keep one (auto_accept_host_key means \"accept-any\")",
+                other.as_str()
+            ));
+        }
+    };
     let policy = raw
         .allowed_commands
         .as_deref()
@@ -524,7 +562,7 @@ fn validate_host(raw: RawHost, global_known_hosts: Option<&Path>) -> Result<Host
         username: raw.username,
         identity_file: raw.identity_file.as_deref().map(expand_tilde),
         password: raw.password,
-        auto_accept_host_key: raw.auto_accept_host_key,
+        host_key_policy,
         command_timeout: Duration::from_secs(command_timeout),
         transfer_timeout: Duration::from_secs(transfer_timeout),
         policy,
@@ -576,7 +614,7 @@ mod tests {
         assert_eq!(h.port, 22);
         assert_eq!(h.command_timeout, Duration::from_secs(30));
         assert_eq!(h.transfer_timeout, Duration::from_secs(120));
-        assert!(!h.auto_accept_host_key);
+        assert_eq!(h.host_key_policy, HostKeyPolicy::Strict);
         assert!(
             h.identity_file
                 .as_ref()
@@ -613,6 +651,33 @@ mod tests {
             .to_string();
         assert!(err.contains("unknown field `allowed_comands`"), "{err}");
         assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn host_key_policies_should_read_and_agree_with_auto_accept() {
+        let host = |extra: &str| {
+            parse(&format!(
+                r#"{{"hosts": [{{"name": "a", "hostname": "h", "username": "u"{extra}}}]}}"#
+            ))
+        };
+        let policy = |extra: &str| host(extra).unwrap().hosts[0].host_key_policy;
+        assert_eq!(policy(""), HostKeyPolicy::Strict);
+        assert_eq!(
+            policy(r#", "host_key_policy": "accept-new""#),
+            HostKeyPolicy::AcceptNew
+        );
+        assert_eq!(
+            policy(r#", "auto_accept_host_key": true"#),
+            HostKeyPolicy::AcceptAny
+        );
+        let err = host(r#", "auto_accept_host_key": true, "host_key_policy": "strict""#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("disagree"), "{err}");
+        let err = host(r#", "host_key_policy": "yes""#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("accept-new"), "{err}");
     }
 
     #[test]

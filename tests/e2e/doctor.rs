@@ -65,7 +65,7 @@ fn doctor_should_report_a_broken_setup_with_fixes() {
     assert!(
         detail.contains("is not known")
             && detail.contains("SHA256:")
-            && detail.contains("auto_accept_host_key"),
+            && detail.contains("accept-new"),
         "{detail}"
     );
     let down = find(&c, "host down");

@@ -381,3 +381,29 @@ async fn a_remote_forward_should_relay_a_port_on_the_host_to_this_machine() {
         "the host still listens after the close"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_on_a_unix_socket_should_be_private_and_removed_when_closed() {
+    let sshd = Sshd::start();
+    let web = HttpServer::start();
+    let daemon = Daemon::start(&hosts_json(&[sshd.host("box", &login_user())]));
+    let out = daemon.ctl(&["--json", "forward", "--unix", "box", &web.port.to_string()]);
+    assert!(out.status.success(), "{out:?}");
+    let f = stdout_json(&out);
+    let socket = std::path::PathBuf::from(f["local_address"].as_str().unwrap());
+    assert_eq!(socket.parent(), daemon.socket.parent(), "{f}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let fetched = tokio::process::Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "30", "--unix-socket"])
+        .arg(&socket)
+        .arg("http://forward/hello")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(fetched.stdout, b"hello\n", "{fetched:?}");
+    let out = daemon.ctl(&["forward", "--close", f["id"].as_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!socket.exists(), "the socket outlived its forward");
+}

@@ -17,7 +17,7 @@ use super::auth::AgentSockets;
 use super::known_hosts::{self, Verdict};
 use super::{SshError, auth};
 use crate::audit::{Audit, Record};
-use crate::config::HostConfig;
+use crate::config::{HostConfig, HostKeyPolicy};
 use crate::sync::lock;
 
 /// How long a refused channel open is retried before giving up; the server may be at its own
@@ -101,46 +101,75 @@ impl client::Handler for Handler {
             info.host_key_algorithm = algorithm.clone();
         }
         let host = &self.host;
-        if host.auto_accept_host_key {
-            tracing::info!(host = %host.name, %algorithm, %fingerprint, "host key accepted without verification (auto_accept_host_key)");
+        if host.host_key_policy == HostKeyPolicy::AcceptAny {
+            tracing::info!(host = %host.name, %algorithm, %fingerprint, "host key accepted without verification (host_key_policy accept-any)");
             self.audit_key("auto_accepted", &fingerprint, None);
             return Ok(true);
         }
-        let refusal =
-            match known_hosts::check(&host.known_hosts_files, &host.hostname, host.port, &key) {
-                Verdict::Known => {
-                    tracing::debug!(host = %host.name, %fingerprint, "host key verified");
-                    return Ok(true);
+        let refusal = match known_hosts::check(
+            &host.known_hosts_files,
+            &host.hostname,
+            host.port,
+            &key,
+        ) {
+            Verdict::Known => {
+                tracing::debug!(host = %host.name, %fingerprint, "host key verified");
+                return Ok(true);
+            }
+            Verdict::Unknown if host.host_key_policy == HostKeyPolicy::AcceptNew => {
+                let file = known_hosts::primary_file(&host.known_hosts_files);
+                let recorded = known_hosts::record(file, &host.hostname, host.port, &key);
+                match &recorded {
+                    Ok(()) => tracing::info!(
+                        host = %host.name, %algorithm, %fingerprint,
+                        "new host key trusted on first use (host_key_policy accept-new) and recorded in {}",
+                        file.display()
+                    ),
+                    // As ssh does: the connection goes on, the key is not remembered.
+                    Err(e) => tracing::warn!(
+                        host = %host.name, %fingerprint,
+                        "new host key trusted on first use, but recording it in {} failed: {e}",
+                        file.display()
+                    ),
                 }
-                Verdict::Unknown => SshError::HostKeyUnknown {
-                    host: host.name.clone(),
-                    target: host.target(),
-                    hostname: host.hostname.clone(),
-                    port: host.port,
-                    algorithm,
-                    fingerprint,
-                    ssh_command: ssh_command(host),
-                    known_hosts: known_hosts::primary_file(&host.known_hosts_files)
-                        .display()
-                        .to_string(),
-                },
-                Verdict::Changed { path, line } => SshError::HostKeyChanged {
-                    host: host.name.clone(),
-                    target: host.target(),
-                    algorithm,
-                    fingerprint,
-                    path: path.display().to_string(),
-                    line,
-                    pattern: known_hosts::host_pattern(&host.hostname, host.port),
-                },
-                Verdict::Revoked { path, line } => SshError::HostKeyRevoked {
-                    host: host.name.clone(),
-                    target: host.target(),
-                    fingerprint,
-                    path: path.display().to_string(),
-                    line,
-                },
-            };
+                self.audit_key(
+                    "accepted_new",
+                    &fingerprint,
+                    recorded
+                        .err()
+                        .map(|e| format!("not recorded in {}: {e}", file.display())),
+                );
+                return Ok(true);
+            }
+            Verdict::Unknown => SshError::HostKeyUnknown {
+                host: host.name.clone(),
+                target: host.target(),
+                hostname: host.hostname.clone(),
+                port: host.port,
+                algorithm,
+                fingerprint,
+                ssh_command: ssh_command(host),
+                known_hosts: known_hosts::primary_file(&host.known_hosts_files)
+                    .display()
+                    .to_string(),
+            },
+            Verdict::Changed { path, line } => SshError::HostKeyChanged {
+                host: host.name.clone(),
+                target: host.target(),
+                algorithm,
+                fingerprint,
+                path: path.display().to_string(),
+                line,
+                pattern: known_hosts::host_pattern(&host.hostname, host.port),
+            },
+            Verdict::Revoked { path, line } => SshError::HostKeyRevoked {
+                host: host.name.clone(),
+                target: host.target(),
+                fingerprint,
+                path: path.display().to_string(),
+                line,
+            },
+        };
         tracing::warn!(host = %host.name, "{refusal}");
         let outcome = match refusal {
             SshError::HostKeyChanged { .. } => "refused_changed",

@@ -180,6 +180,36 @@ fn wildcard_match(pattern: &str, name: &str) -> bool {
         .is_some_and(|rest| rest.iter().all(|c| *c == '*'))
 }
 
+/// Appends `host:port`'s key to `file` as `ssh` writes it (`host` on port 22, `[host]:port`
+/// otherwise, unhashed), creating the file (0600) and its directory (0700) when missing, so
+/// plain `ssh` trusts the host from then on too.
+pub fn record(file: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let key = key.to_openssh().map_err(std::io::Error::other)?;
+    // The comment, if the key carries one, is not part of what ssh matches.
+    let mut fields = key.split_whitespace();
+    let (Some(algorithm), Some(data)) = (fields.next(), fields.next()) else {
+        return Err(std::io::Error::other("the key has no OpenSSH form"));
+    };
+    let mut out = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(file)?;
+    // A file not ending in a newline would glue our line to its last one.
+    let ends_clean = std::fs::read(file).map_or(true, |t| t.is_empty() || t.ends_with(b"\n"));
+    let lead = if ends_clean { "" } else { "\n" };
+    writeln!(out, "{lead}{} {algorithm} {data}", host_pattern(host, port))?;
+    out.sync_data()
+}
+
 /// Where to point the user when the first known_hosts file is meant.
 pub fn primary_file(files: &[PathBuf]) -> &Path {
     files

@@ -46,7 +46,7 @@ pub enum SshError {
     #[error(
         "host key of {host} ({target}) is not known: the server offered {algorithm} key {fingerprint}. \
          If you trust it, add it by connecting once with `{ssh_command}` (or `ssh-keyscan -p {port} {hostname} >> {known_hosts}`), \
-         or set \"auto_accept_host_key\": true for this host if it is an ephemeral cloud machine"
+         or set \"host_key_policy\": \"accept-new\" for this host to trust its first key (a changed key is still refused)"
     )]
     HostKeyUnknown {
         host: String,

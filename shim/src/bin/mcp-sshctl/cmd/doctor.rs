@@ -519,7 +519,7 @@ fn probe_fix(status: &tonic::Status, host: &pb::HostState, greeting: &Greeting) 
         _ if message.contains("is not known") => format!(
             "compare the fingerprint with the server's (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on it), \
              then connect once with `ssh -p {port} {user}@{hostname}` to record it; or set \
-             \"auto_accept_host_key\": true for an ephemeral cloud machine"
+             \"host_key_policy\": \"accept-new\" to trust the host's first key (a changed key is still refused)"
         ),
         _ if message.starts_with("HOST KEY CHANGED") => {
             "only if the server was really reinstalled: run the `ssh-keygen -R` command above, then connect once with `ssh`".into()
