@@ -170,6 +170,10 @@ struct RawHost {
     /// Preferred cipher: auto (AES-GCM with AES instructions, else ChaCha20) or a cipher name.
     #[serde(default)]
     cipher: Option<CipherName>,
+    /// Reach the host through this local command's stdin/stdout instead of TCP (as OpenSSH's
+    /// ProxyCommand; %h %p %r %n %% are expanded), e.g. "cloudflared access ssh --hostname %h".
+    #[serde(default)]
+    proxy_command: Option<String>,
     /// Port forwards to and from this host (ssh_forward, mcp-sshctl forward).
     #[serde(default = "default_true")]
     allow_forwarding: bool,
@@ -326,6 +330,8 @@ pub struct HostConfig {
     pub max_sessions: u32,
     /// Cipher to prefer; `None` means AES-GCM on CPUs with AES instructions, else ChaCha20.
     pub cipher: Option<String>,
+    /// Run to carry the SSH session instead of a TCP connection (tokens not yet expanded).
+    pub proxy_command: Option<String>,
     pub allow_forwarding: bool,
     /// Forwards may reach only these ports on the host's loopback; `None`: any destination.
     pub allowed_forward_ports: Option<Vec<u16>>,
@@ -365,6 +371,7 @@ impl HostConfig {
             && self.keepalive_max == other.keepalive_max
             && self.max_sessions == other.max_sessions
             && self.cipher == other.cipher
+            && self.proxy_command == other.proxy_command
     }
 
     /// Whether `other` is the same host with the same settings in every respect.
@@ -521,6 +528,13 @@ fn validate_host(raw: RawHost, global_known_hosts: Option<&Path>) -> Result<Host
     let max_sessions = u32::try_from(positive("max_sessions", raw.max_sessions)?)
         .map_err(|_| "max_sessions is too large".to_string())?;
     if raw
+        .proxy_command
+        .as_deref()
+        .is_some_and(|c| c.trim().is_empty() || c.contains(['\n', '\0']))
+    {
+        return Err("proxy_command must be one non-empty line (or left out)".into());
+    }
+    if raw
         .allowed_forward_ports
         .as_ref()
         .is_some_and(|ports| ports.contains(&0))
@@ -574,6 +588,7 @@ fn validate_host(raw: RawHost, global_known_hosts: Option<&Path>) -> Result<Host
         keepalive_max: usize::try_from(raw.keepalive_max).unwrap_or(usize::MAX),
         max_sessions,
         cipher,
+        proxy_command: raw.proxy_command,
         allow_forwarding: raw.allow_forwarding,
         allowed_forward_ports: raw.allowed_forward_ports,
     })

@@ -72,6 +72,7 @@ impl From<Error> for Status {
             Error::JobFailed(_) => Code::Aborted,
             Error::Ssh(ssh) => match ssh.as_ref() {
                 SshError::Connect { .. }
+                | SshError::ProxyCommand { .. }
                 | SshError::ConnectTimeout { .. }
                 | SshError::Protocol { .. }
                 | SshError::ConnectionLost { .. } => Code::Unavailable,

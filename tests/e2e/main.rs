@@ -19,6 +19,7 @@ mod first_minutes;
 mod forwards;
 mod jobs;
 mod jobs_mcp;
+mod proxy_command;
 mod reload;
 mod security;
 mod service;

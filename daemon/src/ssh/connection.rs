@@ -9,13 +9,12 @@ use std::time::{Duration, SystemTime};
 use russh::client::{self, DisconnectReason, Handle, Msg, Session};
 use russh::keys::{HashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{Channel, ChannelId, ChannelOpenFailure, Disconnect};
-use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::AgentSockets;
 use super::known_hosts::{self, Verdict};
-use super::{SshError, auth};
+use super::{SshError, auth, route};
 use crate::audit::{Audit, Record};
 use crate::config::{HostConfig, HostKeyPolicy};
 use crate::sync::lock;
@@ -313,6 +312,8 @@ pub struct Connection {
     /// Whether the login shell runs the daemon's POSIX scripts itself (learnt by the first
     /// script, see `job::capture`).
     posix_login_shell: std::sync::OnceLock<bool>,
+    /// The proxy command carrying the session, if any: killed when the connection is dropped.
+    _proxy: Option<route::ProxyProcess>,
 }
 
 /// An open session channel with its slot in the budget.
@@ -516,7 +517,12 @@ impl Connection {
     ) -> Result<Connection, SshError> {
         let deadline = host.connect_timeout;
         let target = host.target();
-        let stage = Arc::new(Mutex::new("TCP connect"));
+        let first = if host.proxy_command.is_some() {
+            "proxy command"
+        } else {
+            "TCP connect"
+        };
+        let stage = Arc::new(Mutex::new(first));
         let attempt = Self::open_inner(host, audit, agents, stage.clone());
         match tokio::time::timeout(deadline, attempt).await {
             Ok(result) => result,
@@ -535,17 +541,7 @@ impl Connection {
         stage: Arc<Mutex<&'static str>>,
     ) -> Result<Connection, SshError> {
         let target = host.target();
-        let tcp = TcpStream::connect((host.hostname.as_str(), host.port))
-            .await
-            .map_err(|source| SshError::Connect {
-                target: target.clone(),
-                source,
-            })?;
-        // Without TCP_NODELAY every small exchange waits for delayed ACKs (~40 ms per command).
-        tcp.set_nodelay(true).map_err(|source| SshError::Connect {
-            target: target.clone(),
-            source,
-        })?;
+        let (link, mut proxy) = route::open(&host).await?;
         *lock(&stage) = "key exchange";
         let config = Arc::new(client::Config {
             preferred: preferred_ciphers(host.cipher.as_deref()),
@@ -561,20 +557,38 @@ impl Connection {
             shared: shared.clone(),
             audit,
         };
-        let mut handle = match client::connect_stream(config, tcp, handler).await {
+        let mut handle = match client::connect_stream(config, link, handler).await {
             Ok(handle) => handle,
             Err(e) => {
                 if let Some(refusal) = lock(&shared.key_refusal).take() {
                     return Err(refusal);
                 }
-                return Err(SshError::Protocol {
-                    target,
-                    message: describe_russh_error(&e),
-                });
+                // A proxy command that ended is the reason, with what it said.
+                if let Some(reason) = exited_proxy(&mut proxy).await {
+                    return Err(SshError::ProxyCommand { target, reason });
+                }
+                // Closed before a word of SSH was exchanged: most often not an SSH port at all.
+                let message = if lock(&shared.info).server_version.is_empty()
+                    && matches!(e, russh::Error::Disconnect | russh::Error::IO(_))
+                {
+                    format!(
+                        "the connection closed before the SSH handshake ({}): is port {} an SSH server? (`mcp-sshctl doctor` checks)",
+                        describe_russh_error(&e),
+                        host.port
+                    )
+                } else {
+                    describe_russh_error(&e)
+                };
+                return Err(SshError::Protocol { target, message });
             }
         };
         *lock(&stage) = "authentication";
-        auth::authenticate(&mut handle, &host, agents).await?;
+        if let Err(e) = auth::authenticate(&mut handle, &host, agents).await {
+            if let Some(reason) = exited_proxy(&mut proxy).await {
+                return Err(SshError::ProxyCommand { target, reason });
+            }
+            return Err(e);
+        }
         shared.authenticated.store(true, Ordering::Relaxed);
         let budget = host.max_sessions;
         let (work, control) = if budget >= 2 {
@@ -606,6 +620,7 @@ impl Connection {
             slots,
             connected_at: SystemTime::now(),
             posix_login_shell: std::sync::OnceLock::new(),
+            _proxy: proxy,
         })
     }
 
@@ -871,6 +886,19 @@ fn ssh_command(host: &HostConfig) -> String {
     format!("ssh {port}{}@{}", host.username, host.hostname)
 }
 
+/// Why a proxy command is no use, once it has ended (give it a moment to be reaped: its exit
+/// is what ended the session).
+async fn exited_proxy(proxy: &mut Option<route::ProxyProcess>) -> Option<String> {
+    let proxy = proxy.as_mut()?;
+    for _ in 0..20 {
+        if let Some(reason) = proxy.exit_reason() {
+            return Some(reason);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
 /// russh's errors, phrased for people.
 pub(crate) fn describe_russh_error(e: &russh::Error) -> String {
     match e {
@@ -883,7 +911,18 @@ pub(crate) fn describe_russh_error(e: &russh::Error) -> String {
         russh::Error::SendError => "the connection is closed".into(),
         russh::Error::UnknownKey => "host key refused".into(),
         russh::Error::NoCommonAlgo { kind, ours, theirs } => {
-            format!("no common {kind:?} algorithm (ours: {ours:?}; server: {theirs:?})")
+            let what = match kind {
+                russh::AlgorithmKind::Kex => "key exchange method",
+                russh::AlgorithmKind::Key => "host key type",
+                russh::AlgorithmKind::Cipher => "cipher",
+                russh::AlgorithmKind::Compression => "compression method",
+                russh::AlgorithmKind::Mac => "MAC",
+            };
+            format!(
+                "the server offers no {what} mcp-sshd speaks (ours: {}; the server's: {})",
+                ours.join(", "),
+                theirs.join(", ")
+            )
         }
         other => other.to_string(),
     }

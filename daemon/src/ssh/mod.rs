@@ -4,6 +4,7 @@
 //! - [`auth`]: the OpenSSH-like order of credentials to try.
 //! - [`known_hosts`]: host key verification against OpenSSH's files.
 //! - [`exec`]: one remote command on a channel, with inactivity timeout and remote stopping.
+//! - [`route`]: the way to the host: TCP, or a local `proxy_command`'s stdio.
 //! - [`forward`]: direct-tcpip channels (`-L`) and remote listeners (`-R`) for port forwards.
 //! - [`job`]: jobs supervised on the host: the start, probe, kill and removal scripts.
 //! - [`sftp`], [`transfer`]: atomic, pipelined uploads and downloads over SFTP; [`pending`]:
@@ -16,6 +17,7 @@ pub mod forward;
 pub mod job;
 pub mod known_hosts;
 pub mod pending;
+pub mod route;
 pub mod sftp;
 pub mod transfer;
 
@@ -93,6 +95,8 @@ pub enum SshError {
         tried: String,
         hint: String,
     },
+    #[error("cannot reach {target} through its proxy_command: {reason}")]
+    ProxyCommand { target: String, reason: String },
     #[error("SSH error with {target}: {message}")]
     Protocol { target: String, message: String },
     #[error("connection to {target} lost: {reason}")]

@@ -1,0 +1,152 @@
+//! How an SSH session's bytes reach the host: a TCP connection, or the stdin and stdout of a
+//! local `proxy_command` (as OpenSSH's ProxyCommand: `cloudflared access ssh`, `aws ssm
+//! start-session`, `ssh -W %h:%p bastion`).
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+use super::SshError;
+use crate::config::HostConfig;
+use crate::sync::lock;
+
+/// Lines of the proxy command's stderr kept for an error message (all of it goes to the log).
+const STDERR_KEPT: usize = 3;
+
+/// A byte stream an SSH session can run over.
+pub trait Link: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Link for T {}
+
+/// A running proxy command: killed when dropped (with the connection it carries).
+pub struct ProxyProcess {
+    child: Child,
+    command: String,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl ProxyProcess {
+    /// Why the command is no use, if it has exited: its status and last words on stderr.
+    pub fn exit_reason(&mut self) -> Option<String> {
+        let status = self.child.try_wait().ok().flatten()?;
+        let said = lock(&self.stderr).join(" / ");
+        let status = match status.code() {
+            Some(code) => format!("exited with status {code}"),
+            None => "was killed by a signal".to_string(),
+        };
+        Some(if said.is_empty() {
+            format!("the proxy command `{}` {status}", self.command)
+        } else {
+            format!("the proxy command `{}` {status}: {said}", self.command)
+        })
+    }
+}
+
+/// `%h` (hostname), `%p` (port), `%r` (user), `%n` (the host's name in hosts.json) and `%%`,
+/// as OpenSSH expands them in a ProxyCommand; other `%` sequences are kept as written.
+pub fn expand_tokens(command: &str, host: &HostConfig) -> String {
+    let mut out = String::with_capacity(command.len());
+    let mut chars = command.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('h') => out.push_str(&host.hostname),
+            Some('p') => out.push_str(&host.port.to_string()),
+            Some('r') => out.push_str(&host.username),
+            Some('n') => out.push_str(&host.name),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// Opens the way to `host`: its proxy command when it has one, else TCP (with `TCP_NODELAY`:
+/// without it every small exchange waits for delayed ACKs, ~40 ms per command).
+pub async fn open(host: &HostConfig) -> Result<(Box<dyn Link>, Option<ProxyProcess>), SshError> {
+    let target = host.target();
+    let Some(command) = &host.proxy_command else {
+        let tcp = TcpStream::connect((host.hostname.as_str(), host.port))
+            .await
+            .map_err(|source| SshError::Connect {
+                target: target.clone(),
+                source,
+            })?;
+        tcp.set_nodelay(true)
+            .map_err(|source| SshError::Connect { target, source })?;
+        return Ok((Box::new(tcp), None));
+    };
+    let command = expand_tokens(command, host);
+    // As OpenSSH: `exec` through the user's shell semantics of `sh -c`, so the command is the
+    // process we kill.
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("exec {command}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| SshError::ProxyCommand {
+            target: target.clone(),
+            reason: format!("cannot start the proxy command `{command}`: {e}"),
+        })?;
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(SshError::ProxyCommand {
+            target,
+            reason: "the proxy command has no stdio".into(),
+        });
+    };
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let (lines, name) = (kept.clone(), host.name.clone());
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            tracing::info!(host = %name, "proxy command: {line}");
+            let mut kept = lock(&lines);
+            if kept.len() == STDERR_KEPT {
+                kept.remove(0);
+            }
+            kept.push(line);
+        }
+    });
+    tracing::debug!(host = %host.name, "proxy command started: {command}");
+    let link = tokio::io::join(stdout, stdin);
+    Ok((
+        Box::new(link),
+        Some(ProxyProcess {
+            child,
+            command,
+            stderr: kept,
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn tokens_should_expand_as_openssh_does() {
+        let text = r#"{"hosts": [{"name": "web", "hostname": "10.0.0.7", "port": 2222, "username": "deploy",
+            "proxy_command": "ssh -W %h:%p bastion"}]}"#;
+        let config = Config::parse(text, std::path::Path::new("/cfg/hosts.json")).unwrap();
+        let host = &config.hosts[0];
+        assert_eq!(
+            expand_tokens("ssh -W %h:%p -l %r jump # %n 100%% %x %", host),
+            "ssh -W 10.0.0.7:2222 -l deploy jump # web 100% %x %"
+        );
+    }
+}
