@@ -227,7 +227,7 @@ async fn host_key_policy_should_hold_through_the_shim() {
     assert!(
         text(&r).contains("is not known")
             && text(&r).contains("SHA256:")
-            && text(&r).contains("auto_accept_host_key"),
+            && text(&r).contains("accept-new"),
         "{}",
         text(&r)
     );
