@@ -43,6 +43,8 @@ pub struct HostSnapshot {
     pub host_key_fingerprint: String,
     pub connections_opened: u64,
     pub restricted: bool,
+    /// How the host is reached when not directly: "proxy command `…`".
+    pub route: Option<String>,
 }
 
 /// After a host could not be reached (connect deadline passed, keepalives unanswered), calls
@@ -398,6 +400,10 @@ impl HostEntry {
             host_key_fingerprint: String::new(),
             connections_opened: status.connections_opened,
             restricted: cfg.policy.is_some(),
+            route: cfg
+                .proxy_command
+                .as_ref()
+                .map(|c| format!("proxy command `{c}`")),
         };
         if let Some(conn) = &status.conn {
             let info = conn.info();

@@ -37,6 +37,14 @@ async fn a_host_should_be_reached_through_ssh_w_on_a_bastion_and_the_command_kil
     assert_eq!(bastion.accepted_logins(), 1, "{}", bastion.log());
     assert_eq!(target.accepted_logins(), 1);
     assert_eq!(processes_matching(&format!("MCPSSH_T_{token}")).len(), 1);
+    let hosts = crate::common::stdout_json(&daemon.ctl(&["hosts", "--json"]));
+    assert!(
+        hosts[0]["route"]
+            .as_str()
+            .unwrap()
+            .starts_with("proxy command `ssh -i "),
+        "{hosts}"
+    );
 
     let out = daemon.ctl(&["disconnect", "inner"]);
     assert!(out.status.success(), "{out:?}");

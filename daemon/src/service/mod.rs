@@ -113,6 +113,7 @@ fn host_state(s: HostSnapshot, jobs_running: &HashMap<String, u32>) -> pb::HostS
         host_key_fingerprint: s.host_key_fingerprint,
         connections_opened: s.connections_opened,
         restricted: s.restricted,
+        route: s.route.unwrap_or_default(),
     }
 }
 

@@ -248,6 +248,9 @@ pub struct HostInfo {
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// How the host is reached when not directly (a proxy command).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
     /// Port forwards open to this host (ssh_forward).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub forwards: Vec<forward::ForwardBrief>,
@@ -256,6 +259,7 @@ pub struct HostInfo {
 impl From<pb::HostState> for HostInfo {
     fn from(h: pb::HostState) -> HostInfo {
         HostInfo {
+            route: (!h.route.is_empty()).then(|| h.route.clone()),
             forwards: forward::briefs(&h.forwards),
             state: state_name(h.state),
             last_error: (!h.last_error.is_empty()).then_some(h.last_error),
@@ -285,6 +289,9 @@ impl HostsResult {
                 "\n{}  {}@{}:{}  {}",
                 h.name, h.username, h.hostname, h.port, h.state
             ));
+            if let Some(route) = &h.route {
+                text.push_str(&format!(" (via {route})"));
+            }
             if let Some(e) = &h.last_error {
                 text.push_str(&format!(" ({})", e.lines().next().unwrap_or_default()));
             }
@@ -316,6 +323,9 @@ pub struct StatusResult {
     pub host_key_fingerprint: Option<String>,
     pub channels_in_use: u32,
     pub channel_limit: u32,
+    /// How the host is reached when not directly (a proxy command).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
     /// Port forwards open to this host (ssh_forward).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub forwards: Vec<forward::ForwardBrief>,
@@ -327,6 +337,7 @@ impl StatusResult {
     pub fn reachable(h: pb::HostState, note: Option<String>) -> StatusResult {
         StatusResult {
             forwards: forward::briefs(&h.forwards),
+            route: (!h.route.is_empty()).then(|| h.route.clone()),
             host: h.name,
             reachable: true,
             error: None,
@@ -356,6 +367,7 @@ impl StatusResult {
             host_key_fingerprint: None,
             channels_in_use: 0,
             channel_limit,
+            route: None,
             forwards: Vec::new(),
             note,
         }
@@ -370,7 +382,11 @@ impl StatusResult {
                 self.host_key_fingerprint.as_deref().unwrap_or("unknown"),
                 self.channels_in_use,
                 self.channel_limit
-            )
+            ) + &self
+                .route
+                .as_ref()
+                .map(|r| format!(" (via {r})"))
+                .unwrap_or_default()
         } else {
             format!(
                 "{} is not reachable: {}",

@@ -128,7 +128,11 @@ fn host_table(hosts: &[pb::HostState]) -> String {
     for h in hosts {
         table.row(vec![
             h.name.clone(),
-            format!("{}@{}:{}", h.username, h.hostname, h.port),
+            if h.route.is_empty() {
+                format!("{}@{}:{}", h.username, h.hostname, h.port)
+            } else {
+                format!("{}@{}:{} via {}", h.username, h.hostname, h.port, h.route)
+            },
             state_name(h.state).into(),
             human_duration(crate::output::since_ms(h.since_unix_ms)),
             format!("{}/{}", h.channels_in_use, h.channel_limit),
@@ -149,6 +153,7 @@ fn host_json(h: &pb::HostState) -> serde_json::Value {
         "server_version": non_empty(&h.server_version),
         "host_key_fingerprint": non_empty(&h.host_key_fingerprint),
         "connections_opened": h.connections_opened, "restricted": h.restricted,
+        "route": non_empty(&h.route),
         "forwards": h.forwards.iter().map(super::forward::forward_json).collect::<Vec<_>>(),
     })
 }
