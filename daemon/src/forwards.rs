@@ -95,6 +95,12 @@ struct Traffic {
     from_host: Arc<AtomicU64>,
 }
 
+/// When a relayed connection started, and the forward's byte counts then.
+struct Relayed {
+    started: Instant,
+    before: (u64, u64),
+}
+
 struct AuditBudget {
     tokens: u32,
     refilled: Instant,
@@ -144,6 +150,20 @@ impl Forward {
             Spec::Remote {
                 to_host, to_port, ..
             } => (format!("{to_host}:{to_port}"), at),
+        }
+    }
+
+    /// Counts a relayed connection as open (until [`Forwards::relay_ended`]).
+    fn relay_started(&self) -> Relayed {
+        let traffic = &self.traffic;
+        traffic.connections_open.fetch_add(1, Ordering::Relaxed);
+        traffic.connections_total.fetch_add(1, Ordering::Relaxed);
+        Relayed {
+            started: Instant::now(),
+            before: (
+                traffic.to_host.load(Ordering::Relaxed),
+                traffic.from_host.load(Ordering::Relaxed),
+            ),
         }
     }
 
@@ -625,13 +645,7 @@ impl Forwards {
             return;
         };
         let traffic = &forward.traffic;
-        traffic.connections_open.fetch_add(1, Ordering::Relaxed);
-        traffic.connections_total.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
-        let before = (
-            traffic.to_host.load(Ordering::Relaxed),
-            traffic.from_host.load(Ordering::Relaxed),
-        );
+        let relayed = forward.relay_started();
         let result = async {
             let (conn, _) = entry.connection(&forward.opened_by).await?;
             let (addr, port) = peer.originator();
@@ -642,25 +656,27 @@ impl Forwards {
             Ok::<(), Error>(())
         }
         .await;
+        self.relay_ended(forward, relayed, &peer.to_string(), result);
+    }
+
+    /// Ends a relayed connection's bookkeeping: no longer open, its failure noted, and its
+    /// audit record (as the per-forward rate allows).
+    fn relay_ended(
+        &self,
+        forward: &Forward,
+        relayed: Relayed,
+        peer: &str,
+        result: Result<(), Error>,
+    ) {
+        let traffic = &forward.traffic;
         traffic.connections_open.fetch_sub(1, Ordering::Relaxed);
         if let Err(e) = &result {
             forward.failed(e.to_string());
         }
-        self.audit_connection(forward, &peer.to_string(), started, before, result.err());
-    }
-
-    fn audit_connection(
-        &self,
-        forward: &Forward,
-        peer: &str,
-        started: Instant,
-        before: (u64, u64),
-        error: Option<Error>,
-    ) {
         let Some(suppressed) = forward.audit_allowance() else {
             return;
         };
-        let traffic = &forward.traffic;
+        let (started, before, error) = (relayed.started, relayed.before, result.err());
         let moved = traffic.to_host.load(Ordering::Relaxed) - before.0
             + traffic.from_host.load(Ordering::Relaxed)
             - before.1;
@@ -780,13 +796,7 @@ impl Forwards {
         to_port: u16,
     ) {
         let traffic = &forward.traffic;
-        traffic.connections_open.fetch_add(1, Ordering::Relaxed);
-        traffic.connections_total.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
-        let before = (
-            traffic.to_host.load(Ordering::Relaxed),
-            traffic.from_host.load(Ordering::Relaxed),
-        );
+        let relayed = forward.relay_started();
         let result = match TcpStream::connect((to_host, to_port)).await {
             Ok(local) => {
                 let _ = local.set_nodelay(true);
@@ -803,11 +813,7 @@ impl Forwards {
                 "connecting to {to_host}:{to_port} on this machine failed: {e}"
             ))),
         };
-        traffic.connections_open.fetch_sub(1, Ordering::Relaxed);
-        if let Err(e) = &result {
-            forward.failed(e.to_string());
-        }
-        self.audit_connection(forward, &arrived.originator, started, before, result.err());
+        self.relay_ended(forward, relayed, &arrived.originator, result);
     }
 }
 
