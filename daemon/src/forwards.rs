@@ -263,6 +263,8 @@ async fn try_destination(
 pub struct Forwards {
     registry: Arc<Registry>,
     table: Mutex<Vec<Arc<Forward>>>,
+    /// Held while a forward opens (see [`Forwards::open`]).
+    opening: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
     socket_dir: PathBuf,
 }
@@ -278,6 +280,7 @@ impl Forwards {
         let forwards = Arc::new(Forwards {
             registry,
             table: Mutex::new(Vec::new()),
+            opening: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
             socket_dir,
         });
@@ -297,8 +300,47 @@ impl Forwards {
             .collect()
     }
 
-    /// Opens a forward, or returns the one that already does the same (`true`).
+    /// Opens a forward, or returns the one that already does the same (`true`). Opens are
+    /// taken one at a time, so two asking for the same forward at once get one. A refused or
+    /// failed open is audited too.
     pub async fn open(
+        self: &Arc<Self>,
+        caller: &Option<ClientRef>,
+        entry: &Arc<HostEntry>,
+        spec: Spec,
+    ) -> Result<(ForwardView, bool), Error> {
+        let _one_at_a_time = self.opening.lock().await;
+        let host = entry.name();
+        let opened = self.open_inner(caller, entry, spec.clone()).await;
+        if let Err(e) = &opened {
+            let to = match &spec {
+                Spec::Local {
+                    to_host, to_port, ..
+                } => format!("{to_host}:{to_port}"),
+                Spec::Remote {
+                    bind_host,
+                    bind_port,
+                    ..
+                } => format!("{bind_host}:{bind_port}"),
+            };
+            self.audit().record(Record {
+                action: "forward_opened",
+                outcome: if matches!(e, Error::ForwardRefused { .. }) {
+                    "refused"
+                } else {
+                    "error"
+                },
+                host: Some(host),
+                client: caller.clone(),
+                remote_address: Some(to),
+                error: Some(e.to_string()),
+                ..Record::default()
+            });
+        }
+        opened
+    }
+
+    async fn open_inner(
         self: &Arc<Self>,
         caller: &Option<ClientRef>,
         entry: &Arc<HostEntry>,
@@ -373,27 +415,17 @@ impl Forwards {
                     .await
             }
         };
+        started?;
         let (local, remote) = forward.describe();
-        let record = Record {
+        self.audit().record(Record {
             action: "forward_opened",
+            outcome: "ok",
             host: Some(forward.host.clone()),
             client: caller.clone(),
             forward: Some(forward.id.clone()),
             local_address: Some(local),
             remote_address: Some(remote),
             ..Record::default()
-        };
-        if let Err(e) = started {
-            self.audit().record(Record {
-                outcome: "error",
-                error: Some(e.to_string()),
-                ..record
-            });
-            return Err(e);
-        }
-        self.audit().record(Record {
-            outcome: "ok",
-            ..record
         });
         tracing::info!(forward = %forward.id, host = %forward.host, "forward opened: {}", forward.describe().0);
         lock(&self.table).push(forward.clone());

@@ -292,7 +292,11 @@ async fn forwards_should_be_refused_where_hosts_json_or_sshd_forbid_them() {
     off["allow_forwarding"] = false.into();
     let mut narrow = sshd.host("narrow", &user);
     narrow["allowed_forward_ports"] = json!([6006]);
-    let daemon = Daemon::start(&hosts_json(&[off, narrow, locked.host("locked", &user)]));
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let config =
+        json!({ "audit_log_file": audit, "hosts": [off, narrow, locked.host("locked", &user)] });
+    let daemon = Daemon::start(&config.to_string());
     let shim = Shim::attach(&daemon, "forward-client").await;
 
     let refused = shim
@@ -343,6 +347,19 @@ async fn forwards_should_be_refused_where_hosts_json_or_sshd_forbid_them() {
         text(&refused)
     );
     assert!(forwards(&daemon).is_empty());
+    // Every refusal is audited, naming the client and what was asked.
+    let refusals: Vec<Value> = audit_records(&audit)
+        .into_iter()
+        .filter(|r| r["action"] == "forward_opened")
+        .collect();
+    assert_eq!(refusals.len(), 4, "{refusals:?}");
+    assert!(
+        refusals.iter().all(|r| r["outcome"] != "ok"),
+        "{refusals:?}"
+    );
+    assert_eq!(refusals[0]["outcome"], "refused");
+    assert_eq!(refusals[0]["client"]["name"], "forward-client");
+    assert_eq!(refusals[2]["remote_address"], "10.0.0.5:6006");
 
     // allow_forwarding: false refuses remote forwards as well.
     let out = daemon.ctl(&["forward", "-R", "off", "8080:localhost:3000"]);
