@@ -139,5 +139,12 @@ pub async fn forwards(b: &mut Bench, daemon: &Daemon) -> anyhow::Result<()> {
         Some(percentile(&mut theirs_l, 0.5)),
         format!("{n} requests each, interleaved; lower is better"),
     );
+    b.row(
+        "small GET through a forward, p95 vs ssh -L",
+        "ms",
+        percentile(&mut ours_l, 0.95),
+        Some(percentile(&mut theirs_l, 0.95)),
+        "the same requests",
+    );
     Ok(())
 }

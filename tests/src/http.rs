@@ -139,9 +139,10 @@ async fn serve(stream: TcpStream, served: &AtomicUsize) -> std::io::Result<()> {
 }
 
 /// A plain HTTP/1.1 GET over one new connection (the benchmark's client; the tests use curl):
-/// the body, or why it failed.
+/// the body, or why it failed. Like curl and browsers, it is done once `Content-Length` bytes
+/// arrived, without waiting for the connection to close (whose end a relay may deliver later).
 pub fn get(addr: &str, path: &str) -> Result<Vec<u8>, String> {
-    use std::io::{Read, Write};
+    use std::io::{BufRead, BufReader, Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     // One write (`write!` would send each piece on its own).
@@ -149,14 +150,40 @@ pub fn get(addr: &str, path: &str) -> Result<Vec<u8>, String> {
     stream
         .write_all(request.as_bytes())
         .map_err(|e| e.to_string())?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).map_err(|e| e.to_string())?;
-    let split = answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("no HTTP answer ({} bytes)", answer.len()))?;
-    if !answer.starts_with(b"HTTP/1.1 200") {
-        return Err(String::from_utf8_lossy(&answer[..split]).into_owned());
+    let mut reader = BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status).map_err(|e| e.to_string())?;
+    let mut length = None;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).map_err(|e| e.to_string())? == 0 {
+            return Err(format!("the answer ended in its headers ({status:?})"));
+        }
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse::<u64>().ok();
+        }
     }
-    Ok(answer.split_off(split + 4))
+    if !status.starts_with("HTTP/1.1 200") {
+        return Err(status.trim_end().to_string());
+    }
+    let mut body = Vec::new();
+    match length {
+        Some(n) => {
+            body.reserve(usize::try_from(n).unwrap_or(0));
+            reader
+                .take(n)
+                .read_to_end(&mut body)
+                .map_err(|e| e.to_string())?;
+        }
+        None => {
+            reader.read_to_end(&mut body).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(body)
 }
