@@ -25,6 +25,7 @@ use crate::config::HostConfig;
 use crate::error::Error;
 use crate::registry::{HostEntry, Registry, millis};
 use crate::ssh::SshError;
+use crate::ssh::route::Link;
 use crate::sync::lock;
 
 /// Forwards one daemon keeps at once.
@@ -140,6 +141,21 @@ impl Forward {
         }
     }
 
+    /// An audit record about this forward: who, which, its two ends.
+    fn record(&self, action: &'static str, client: &Option<ClientRef>) -> Record {
+        let (local, remote) = self.describe();
+        Record {
+            action,
+            outcome: "ok",
+            host: Some(self.host.clone()),
+            client: client.clone(),
+            forward: Some(self.id.clone()),
+            local_address: Some(local),
+            remote_address: Some(remote),
+            ..Record::default()
+        }
+    }
+
     /// `local → remote` in the words of `ssh -L` / `-R`.
     fn describe(&self) -> (String, String) {
         let at = lock(&self.listening_on).clone();
@@ -191,8 +207,9 @@ impl Forward {
     }
 }
 
-/// Whether `host` lets forwards reach `to_host:to_port`; `Err` says why not.
-pub fn allowed(host: &HostConfig, to_host: &str, to_port: u16) -> Result<(), Error> {
+/// Whether `host` allows the forward `spec`; `Err` says why not. The one check every forward
+/// passes, when opened and after each reload.
+pub fn allowed(host: &HostConfig, spec: &Spec) -> Result<(), Error> {
     let refuse = |why: String| {
         Err(Error::ForwardRefused {
             host: host.name.clone(),
@@ -202,6 +219,12 @@ pub fn allowed(host: &HostConfig, to_host: &str, to_port: u16) -> Result<(), Err
     if !host.allow_forwarding {
         return refuse("forwarding is turned off for this host (allow_forwarding: false)".into());
     }
+    let Spec::Local {
+        to_host, to_port, ..
+    } = spec
+    else {
+        return Ok(());
+    };
     if let Some(ports) = &host.allowed_forward_ports {
         if !is_loopback_name(to_host) {
             return refuse(format!(
@@ -209,7 +232,7 @@ pub fn allowed(host: &HostConfig, to_host: &str, to_port: u16) -> Result<(), Err
                 list_ports(ports)
             ));
         }
-        if !ports.contains(&to_port) {
+        if !ports.contains(to_port) {
             return refuse(format!(
                 "port {to_port} is not in the host's allowed_forward_ports ({})",
                 list_ports(ports)
@@ -348,19 +371,7 @@ impl Forwards {
     ) -> Result<(ForwardView, bool), Error> {
         let config = entry.config();
         let host = config.name.clone();
-        match &spec {
-            Spec::Local {
-                to_host, to_port, ..
-            } => allowed(&config, to_host, *to_port)?,
-            Spec::Remote { .. } if !config.allow_forwarding => {
-                return Err(Error::ForwardRefused {
-                    host,
-                    reason: "forwarding is turned off for this host (allow_forwarding: false)"
-                        .into(),
-                });
-            }
-            Spec::Remote { .. } => {}
-        }
+        allowed(&config, &spec)?;
         if let Some(same) = self.same_as(&host, &spec) {
             return Ok((same.view(), true));
         }
@@ -416,18 +427,14 @@ impl Forwards {
             }
         };
         started?;
-        let (local, remote) = forward.describe();
-        self.audit().record(Record {
-            action: "forward_opened",
-            outcome: "ok",
-            host: Some(forward.host.clone()),
-            client: caller.clone(),
-            forward: Some(forward.id.clone()),
-            local_address: Some(local),
-            remote_address: Some(remote),
-            ..Record::default()
-        });
-        tracing::info!(forward = %forward.id, host = %forward.host, "forward opened: {}", forward.describe().0);
+        let record = forward.record("forward_opened", caller);
+        tracing::info!(
+            forward = %forward.id, host = %forward.host,
+            "forward opened: {} → {}",
+            record.local_address.as_deref().unwrap_or_default(),
+            record.remote_address.as_deref().unwrap_or_default()
+        );
+        self.audit().record(record);
         lock(&self.table).push(forward.clone());
         Ok((forward.view(), false))
     }
@@ -506,22 +513,14 @@ impl Forwards {
             let _ = std::fs::remove_file(path);
         }
         let view = forward.view();
-        let (local, remote) = forward.describe();
         let suppressed = lock(&forward.audit_budget).suppressed;
         self.audit().record(Record {
-            action: "forward_closed",
-            outcome: "ok",
-            host: Some(forward.host.clone()),
-            client: caller.clone(),
-            forward: Some(forward.id.clone()),
-            local_address: Some(local),
-            remote_address: Some(remote),
             connections: Some(view.connections_total),
             bytes: Some(view.bytes_to_host + view.bytes_from_host),
             suppressed: (suppressed > 0).then_some(suppressed),
             duration_ms: Some(millis(forward.opened_at.elapsed().unwrap_or_default())),
             error: Some(reason.to_string()),
-            ..Record::default()
+            ..forward.record("forward_closed", caller)
         });
         tracing::info!(forward = %forward.id, host = %forward.host, "forward closed: {reason}");
     }
@@ -554,19 +553,9 @@ impl Forwards {
         for forward in all {
             let why = match self.registry.host(&forward.host) {
                 Err(_) => Some("the host was removed from hosts.json".to_string()),
-                Ok(entry) => {
-                    let config = entry.config();
-                    match &forward.spec {
-                        Spec::Local {
-                            to_host, to_port, ..
-                        } => allowed(&config, to_host, *to_port)
-                            .err()
-                            .map(|e| format!("hosts.json no longer allows it: {e}")),
-                        Spec::Remote { .. } => (!config.allow_forwarding).then(|| {
-                            "hosts.json no longer allows it (allow_forwarding: false)".to_string()
-                        }),
-                    }
-                }
+                Ok(entry) => allowed(&entry.config(), &forward.spec)
+                    .err()
+                    .map(|e| format!("hosts.json no longer allows it: {e}")),
             };
             if let Some(why) = why {
                 let removed = {
@@ -667,7 +656,7 @@ impl Forwards {
         &self,
         forward: &Forward,
         entry: &HostEntry,
-        local: LocalStream,
+        local: Box<dyn Link>,
         peer: Peer,
     ) {
         let Spec::Local {
@@ -832,13 +821,7 @@ impl Forwards {
         let result = match TcpStream::connect((to_host, to_port)).await {
             Ok(local) => {
                 let _ = local.set_nodelay(true);
-                relay(
-                    LocalStream::Tcp(local),
-                    arrived.stream,
-                    traffic,
-                    &forward.stop,
-                )
-                .await;
+                relay(Box::new(local), arrived.stream, traffic, &forward.stop).await;
                 Ok(())
             }
             Err(e) => Err(Error::InvalidArgument(format!(
@@ -852,7 +835,7 @@ impl Forwards {
 /// Copies both ways until both sides are done (or the forward is closed), counting bytes as
 /// they move so `status` shows a long transfer while it runs.
 async fn relay(
-    local: LocalStream,
+    local: Box<dyn Link>,
     remote: crate::ssh::forward::RemoteStream,
     traffic: &Traffic,
     stop: &CancellationToken,
@@ -909,66 +892,19 @@ impl std::fmt::Display for Peer {
 }
 
 impl Listener {
-    async fn accept(&self) -> std::io::Result<(LocalStream, Peer)> {
+    async fn accept(&self) -> std::io::Result<(Box<dyn Link>, Peer)> {
         match self {
             Listener::Tcp(l) => {
                 let (stream, addr) = l.accept().await?;
                 // Without it small exchanges wait for delayed ACKs.
                 let _ = stream.set_nodelay(true);
-                Ok((LocalStream::Tcp(stream), Peer::Tcp(addr)))
+                Ok((Box::new(stream), Peer::Tcp(addr)))
             }
             Listener::Unix(l) => {
                 let (stream, _) = l.accept().await?;
-                Ok((LocalStream::Unix(stream), Peer::Unix))
+                Ok((Box::new(stream), Peer::Unix))
             }
         }
-    }
-}
-
-/// A local end of a relayed connection.
-enum LocalStream {
-    Tcp(TcpStream),
-    Unix(tokio::net::UnixStream),
-}
-
-macro_rules! delegate {
-    ($self:ident, $s:ident => $e:expr) => {
-        match $self.get_mut() {
-            LocalStream::Tcp($s) => {
-                let $s = Pin::new($s);
-                $e
-            }
-            LocalStream::Unix($s) => {
-                let $s = Pin::new($s);
-                $e
-            }
-        }
-    };
-}
-
-impl AsyncRead for LocalStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        delegate!(self, s => s.poll_read(cx, buf))
-    }
-}
-
-impl AsyncWrite for LocalStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        delegate!(self, s => s.poll_write(cx, buf))
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        delegate!(self, s => s.poll_flush(cx))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        delegate!(self, s => s.poll_shutdown(cx))
     }
 }
 

@@ -886,17 +886,9 @@ fn ssh_command(host: &HostConfig) -> String {
     format!("ssh {port}{}@{}", host.username, host.hostname)
 }
 
-/// Why a proxy command is no use, once it has ended (give it a moment to be reaped: its exit
-/// is what ended the session).
+/// Why the connection's proxy command, if it has one, is no use.
 async fn exited_proxy(proxy: &mut Option<route::ProxyProcess>) -> Option<String> {
-    let proxy = proxy.as_mut()?;
-    for _ in 0..20 {
-        if let Some(reason) = proxy.exit_reason() {
-            return Some(reason);
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    None
+    proxy.as_mut()?.exit_reason().await
 }
 
 /// russh's errors, phrased for people.

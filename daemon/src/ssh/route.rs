@@ -4,6 +4,7 @@
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 use tokio::net::TcpStream;
@@ -15,6 +16,8 @@ use crate::sync::lock;
 
 /// Lines of the proxy command's stderr kept for an error message (all of it goes to the log).
 const STDERR_KEPT: usize = 3;
+/// How long a failed session waits for its proxy command to have exited.
+const EXIT_WAIT: Duration = Duration::from_millis(100);
 
 /// A byte stream an SSH session can run over.
 pub trait Link: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -28,9 +31,13 @@ pub struct ProxyProcess {
 }
 
 impl ProxyProcess {
-    /// Why the command is no use, if it has exited: its status and last words on stderr.
-    pub fn exit_reason(&mut self) -> Option<String> {
-        let status = self.child.try_wait().ok().flatten()?;
+    /// Why the command is no use, if it has exited (or does within [`EXIT_WAIT`]: its exit is
+    /// what ended the session, and may not be reaped yet): its status and last words on stderr.
+    pub async fn exit_reason(&mut self) -> Option<String> {
+        let status = tokio::time::timeout(EXIT_WAIT, self.child.wait())
+            .await
+            .ok()?
+            .ok()?;
         let said = lock(&self.stderr).join(" / ");
         let status = match status.code() {
             Some(code) => format!("exited with status {code}"),
@@ -86,8 +93,7 @@ pub async fn open(host: &HostConfig) -> Result<(Box<dyn Link>, Option<ProxyProce
         return Ok((Box::new(tcp), None));
     };
     let command = expand_tokens(command, host);
-    // As OpenSSH: `exec` through the user's shell semantics of `sh -c`, so the command is the
-    // process we kill.
+    // As OpenSSH: through `sh -c` with `exec`, so the process we kill is the command itself.
     let mut child = Command::new("/bin/sh")
         .arg("-c")
         .arg(format!("exec {command}"))
