@@ -40,6 +40,10 @@ impl ProxyProcess {
             .ok()?;
         let said = lock(&self.stderr).join(" / ");
         let status = match status.code() {
+            // The shell's "not found" (126: found but not executable).
+            Some(code @ (126 | 127)) => format!(
+                "exited with status {code} (not found or not executable: install it, or give its full path in proxy_command)"
+            ),
             Some(code) => format!("exited with status {code}"),
             None => "was killed by a signal".to_string(),
         };
