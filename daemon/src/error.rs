@@ -73,6 +73,7 @@ impl From<Error> for Status {
             Error::Ssh(ssh) => match ssh.as_ref() {
                 SshError::Connect { .. }
                 | SshError::ProxyCommand { .. }
+                | SshError::Jump { .. }
                 | SshError::ConnectTimeout { .. }
                 | SshError::Protocol { .. }
                 | SshError::ConnectionLost { .. } => Code::Unavailable,

@@ -11,6 +11,7 @@ pub mod policy;
 pub mod registry;
 pub mod service;
 pub mod ssh;
+pub mod ssh_config;
 mod state_file;
 mod sync;
 

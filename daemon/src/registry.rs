@@ -43,8 +43,10 @@ pub struct HostSnapshot {
     pub host_key_fingerprint: String,
     pub connections_opened: u64,
     pub restricted: bool,
-    /// How the host is reached when not directly: "proxy command `…`".
+    /// How the host is reached when not directly: "proxy command `…`", "bastion b".
     pub route: Option<String>,
+    /// Where its settings came from.
+    pub source: String,
 }
 
 /// After a host could not be reached (connect deadline passed, keepalives unanswered), calls
@@ -82,6 +84,9 @@ pub struct HostEntry {
     agents: Arc<ssh::AgentSockets>,
     /// Remote temporary files of uploads cut off with their connection, removed on reconnect.
     pending: PendingTemps,
+    /// The entry of the bastion this host is reached through (`proxy_jump`), whose connection
+    /// carries this host's; set by [`Registry::link_bastions`].
+    via: Mutex<Option<Arc<HostEntry>>>,
 }
 
 impl HostEntry {
@@ -105,7 +110,13 @@ impl HostEntry {
             }),
             connecting: tokio::sync::Mutex::new(()),
             pending,
+            via: Mutex::new(None),
         }
+    }
+
+    /// The bastion's entry, when the host is reached through one.
+    pub fn via(&self) -> Option<Arc<HostEntry>> {
+        lock(&self.via).clone()
     }
 
     /// The host's current settings (a reload may replace them between calls).
@@ -206,7 +217,7 @@ impl HostEntry {
         config: &Arc<HostConfig>,
     ) -> Result<Connection, ssh::SshError> {
         let started = std::time::Instant::now();
-        let opened = Connection::open(config.clone(), self.audit.clone(), &self.agents).await;
+        let opened = self.open_through_bastion(caller, config).await;
         self.audit.record(Record {
             action: "connect",
             outcome: if opened.is_ok() { "ok" } else { "error" },
@@ -218,6 +229,33 @@ impl HostEntry {
             ..Record::default()
         });
         opened
+    }
+
+    /// Opens a connection with `config`: through the bastion's connection (connected first,
+    /// as its own host with its own checks) when it has one.
+    async fn open_through_bastion(
+        &self,
+        caller: &Option<ClientRef>,
+        config: &Arc<HostConfig>,
+    ) -> Result<Connection, ssh::SshError> {
+        let bastion = match (&config.jump, self.via()) {
+            (Some(_), Some(entry)) => {
+                // Boxed: a bastion may itself be behind another.
+                let connected = Box::pin(entry.connection(caller)).await;
+                match connected {
+                    Ok((conn, _)) => Some(conn),
+                    Err(e) => {
+                        return Err(ssh::SshError::Jump {
+                            target: config.target(),
+                            bastion: entry.name(),
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+            }
+            _ => None,
+        };
+        Connection::open(config.clone(), self.audit.clone(), &self.agents, bastion).await
     }
 
     /// Records why the previous connection ended, the first time we notice.
@@ -400,10 +438,8 @@ impl HostEntry {
             host_key_fingerprint: String::new(),
             connections_opened: status.connections_opened,
             restricted: cfg.policy.is_some(),
-            route: cfg
-                .proxy_command
-                .as_ref()
-                .map(|c| format!("proxy command `{c}`")),
+            route: cfg.route(),
+            source: cfg.source.describe(),
         };
         if let Some(conn) = &status.conn {
             let info = conn.info();
@@ -431,7 +467,7 @@ impl Drop for InFlight {
 
 /// Waits until no call uses `conn` any more, then closes it.
 async fn close_when_idle(conn: Arc<Connection>, reason: &'static str) {
-    while conn.is_alive() && conn.channels_in_use() > 0 {
+    while conn.is_alive() && !conn.is_idle() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tracing::info!(host = %conn.host_name(), "closing connection: {reason}");
@@ -496,6 +532,9 @@ pub struct Registry {
     pub socket_path: PathBuf,
     pub started_at: SystemTime,
     hosts: RwLock<BTreeMap<String, Arc<HostEntry>>>,
+    /// Bastions that are not hosts of hosts.json (`user@host` hops, ssh_config ProxyJump
+    /// aliases, hosts reached through an earlier hop), shared by every host behind them.
+    hops: Mutex<Vec<Arc<HostEntry>>>,
     settings: Mutex<Settings>,
     events: watch::Sender<ConfigEvent>,
     /// One reload at a time.
@@ -551,7 +590,7 @@ impl Registry {
             host_names: hosts.keys().cloned().collect(),
             max_output_bytes: settings.max_output_bytes,
         });
-        Ok(Registry {
+        let registry = Registry {
             audit,
             agents,
             pending,
@@ -559,6 +598,7 @@ impl Registry {
             socket_path,
             started_at: SystemTime::now(),
             hosts: RwLock::new(hosts),
+            hops: Mutex::new(Vec::new()),
             settings: Mutex::new(settings),
             events,
             reloading: tokio::sync::Mutex::new(()),
@@ -567,7 +607,60 @@ impl Registry {
             in_flight: Arc::default(),
             shutdown_now: CancellationToken::new(),
             shutdown_requested: CancellationToken::new(),
-        })
+        };
+        registry.link_bastions();
+        Ok(registry)
+    }
+
+    /// Points every host with a `proxy_jump` at its bastion's entry: the hosts.json host of
+    /// that name when it is reached the same way, else a shared hop entry (made when missing).
+    /// Hop entries no host uses any more close once idle.
+    fn link_bastions(&self) {
+        let hosts = self.hosts();
+        let mut hops = lock(&self.hops);
+        let mut used: Vec<Arc<HostEntry>> = Vec::new();
+        let mut queue: Vec<Arc<HostEntry>> = hosts.clone();
+        while let Some(entry) = queue.pop() {
+            let Some(jump) = entry.config().jump.clone() else {
+                *lock(&entry.via) = None;
+                continue;
+            };
+            let same = |e: &Arc<HostEntry>| {
+                let c = e.config();
+                c.name == jump.name && c.same_connection(&jump)
+            };
+            let bastion = hosts
+                .iter()
+                .find(|e| same(e))
+                .or_else(|| used.iter().find(|e| same(e)))
+                .cloned();
+            let bastion = match bastion {
+                Some(found) => found,
+                None => {
+                    let found = match hops.iter().position(same) {
+                        Some(at) => hops.swap_remove(at),
+                        None => Arc::new(HostEntry::new(
+                            (*jump).clone(),
+                            self.audit.clone(),
+                            self.agents.clone(),
+                            self.pending.for_host(&jump.name),
+                        )),
+                    };
+                    used.push(found.clone());
+                    queue.push(found.clone());
+                    found
+                }
+            };
+            *lock(&entry.via) = Some(bastion);
+        }
+        for unused in std::mem::replace(&mut *hops, used) {
+            unused.retire("no host is reached through this bastion any more");
+        }
+    }
+
+    /// The bastions that are not hosts of hosts.json, for `status`.
+    pub fn hops(&self) -> Vec<Arc<HostEntry>> {
+        lock(&self.hops).clone()
     }
 
     pub fn host(&self, name: &str) -> Result<Arc<HostEntry>, Error> {
@@ -650,6 +743,7 @@ impl Registry {
                 summary.removed.push(name);
             }
         }
+        self.link_bastions();
         let mut settings = lock(&self.settings);
         let mut warnings = config.warnings;
         if config.log_level != settings.log_level {
@@ -743,7 +837,7 @@ impl Registry {
     /// Closes every SSH connection (at shutdown), concurrently, each bounded by its own deadline.
     pub async fn close_all(&self) {
         let mut closing = tokio::task::JoinSet::new();
-        for host in self.hosts() {
+        for host in self.hosts().into_iter().chain(self.hops()) {
             closing.spawn(async move { host.disconnect(&None, "mcp-sshd is shutting down").await });
         }
         while closing.join_next().await.is_some() {}

@@ -20,6 +20,7 @@ mod forwards;
 mod jobs;
 mod jobs_mcp;
 mod proxy_command;
+mod proxy_jump;
 mod reload;
 mod security;
 mod service;

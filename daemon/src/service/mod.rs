@@ -114,6 +114,7 @@ fn host_state(s: HostSnapshot, jobs_running: &HashMap<String, u32>) -> pb::HostS
         connections_opened: s.connections_opened,
         restricted: s.restricted,
         route: s.route.unwrap_or_default(),
+        source: s.source,
     }
 }
 
@@ -203,6 +204,11 @@ impl pb::daemon_server::Daemon for Service {
                 .map(|h| self.host_state(h, &per_host))
                 .collect(),
             clients: r.clients().into_iter().map(client_info).collect(),
+            bastions: r
+                .hops()
+                .iter()
+                .map(|h| self.host_state(h, &per_host))
+                .collect(),
             warnings: settings.warnings,
             proto_major: PROTO_MAJOR,
             proto_minor: PROTO_MINOR,

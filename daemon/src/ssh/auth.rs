@@ -1,5 +1,6 @@
-//! Authentication, in OpenSSH's order: the configured identity file (through ssh-agent when it is
-//! encrypted), else the agent's keys and the default key files, then the password if configured.
+//! Authentication, in OpenSSH's order: the configured identity files in order (each through
+//! ssh-agent when it is encrypted; then the agent's other keys unless only those may be used),
+//! else the agent's keys and the default key files, then the password if configured.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -82,14 +83,8 @@ pub(super) async fn authenticate<H: russh::client::Handler>(
         message: describe_russh_error(&e),
     };
 
-    if let Some(path) = &host.identity_file {
-        if identity_file(handle, host, agents, path, &mut attempts)
-            .await
-            .map_err(|e| e.or_protocol(&target))?
-        {
-            return Ok(());
-        }
-    } else {
+    let identities = &host.identities;
+    if identities.files.is_empty() {
         if agent_keys(handle, host, agents, None, &mut attempts)
             .await
             .map_err(protocol)?
@@ -104,6 +99,26 @@ pub(super) async fn authenticate<H: russh::client::Handler>(
             {
                 return Ok(());
             }
+        }
+    } else {
+        for path in &identities.files {
+            // As ssh: an IdentityFile of ssh_config that is not there is skipped.
+            if !identities.required && !path.exists() {
+                continue;
+            }
+            if identity_file(handle, host, agents, path, &mut attempts)
+                .await
+                .map_err(|e| e.or_protocol(&target))?
+            {
+                return Ok(());
+            }
+        }
+        if !identities.only
+            && agent_keys(handle, host, agents, None, &mut attempts)
+                .await
+                .map_err(protocol)?
+        {
+            return Ok(());
         }
     }
     if let Some(password) = &host.password {

@@ -314,6 +314,26 @@ pub struct Connection {
     posix_login_shell: std::sync::OnceLock<bool>,
     /// The proxy command carrying the session, if any: killed when the connection is dropped.
     _proxy: Option<route::ProxyProcess>,
+    /// The bastion's connection this one runs through, kept open while this one lives.
+    _bastion: Option<Carried>,
+    /// Connections running through this one (it is their bastion).
+    carried: AtomicU32,
+}
+
+/// A bastion's connection, counted as carrying one more connection while held.
+struct Carried(Arc<Connection>);
+
+impl Carried {
+    fn new(conn: Arc<Connection>) -> Carried {
+        conn.carried.fetch_add(1, Ordering::Relaxed);
+        Carried(conn)
+    }
+}
+
+impl Drop for Carried {
+    fn drop(&mut self) {
+        self.0.carried.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// An open session channel with its slot in the budget.
@@ -510,20 +530,25 @@ impl Budget {
 
 impl Connection {
     /// Opens a connection to `host`, bounded by its `connect_timeout` as a whole.
+    /// A host with a `proxy_jump` is reached through `bastion`, its bastion's connection,
+    /// which stays open while this one lives.
     pub async fn open(
         host: Arc<HostConfig>,
         audit: Arc<Audit>,
         agents: &AgentSockets,
+        bastion: Option<Arc<Connection>>,
     ) -> Result<Connection, SshError> {
         let deadline = host.connect_timeout;
         let target = host.target();
-        let first = if host.proxy_command.is_some() {
+        let first = if bastion.is_some() {
+            "channel through the bastion"
+        } else if host.proxy_command.is_some() {
             "proxy command"
         } else {
             "TCP connect"
         };
         let stage = Arc::new(Mutex::new(first));
-        let attempt = Self::open_inner(host, audit, agents, stage.clone());
+        let attempt = Self::open_inner(host, audit, agents, bastion, stage.clone());
         match tokio::time::timeout(deadline, attempt).await {
             Ok(result) => result,
             Err(_) => Err(SshError::ConnectTimeout {
@@ -538,10 +563,11 @@ impl Connection {
         host: Arc<HostConfig>,
         audit: Arc<Audit>,
         agents: &AgentSockets,
+        bastion: Option<Arc<Connection>>,
         stage: Arc<Mutex<&'static str>>,
     ) -> Result<Connection, SshError> {
         let target = host.target();
-        let (link, mut proxy) = route::open(&host).await?;
+        let (link, mut proxy) = route::open(&host, bastion.as_deref()).await?;
         *lock(&stage) = "key exchange";
         let config = Arc::new(client::Config {
             preferred: preferred_ciphers(host.cipher.as_deref()),
@@ -621,6 +647,8 @@ impl Connection {
             connected_at: SystemTime::now(),
             posix_login_shell: std::sync::OnceLock::new(),
             _proxy: proxy,
+            _bastion: bastion.map(Carried::new),
+            carried: AtomicU32::new(0),
         })
     }
 
@@ -686,6 +714,11 @@ impl Connection {
                 .lost_reason()
                 .unwrap_or_else(|| "connection closed".into()),
         }
+    }
+
+    /// Whether no call uses the connection and no other connection runs through it.
+    pub fn is_idle(&self) -> bool {
+        self.channels_in_use() == 0 && self.carried.load(Ordering::Relaxed) == 0
     }
 
     pub fn channels_in_use(&self) -> u32 {

@@ -310,11 +310,12 @@ mod wire_tests {
             }
         });
         let mut host = host(port);
-        host.identity_file = None;
+        host.identities = Default::default();
         let conn = Connection::open(
             Arc::new(host),
             Arc::new(Audit::disabled()),
             &AgentSockets::default(),
+            None,
         )
         .await
         .unwrap();

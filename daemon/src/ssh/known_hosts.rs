@@ -150,7 +150,7 @@ fn hashed_match(hashed: &str, name: &str) -> bool {
 }
 
 /// Case-insensitive glob with `*` and `?`, as OpenSSH's `match_pattern`.
-fn wildcard_match(pattern: &str, name: &str) -> bool {
+pub fn wildcard_match(pattern: &str, name: &str) -> bool {
     let p: Vec<char> = pattern.to_lowercase().chars().collect();
     let n: Vec<char> = name.to_lowercase().chars().collect();
     let (mut pi, mut ni) = (0, 0);

@@ -4,7 +4,8 @@
 //! - [`auth`]: the OpenSSH-like order of credentials to try.
 //! - [`known_hosts`]: host key verification against OpenSSH's files.
 //! - [`exec`]: one remote command on a channel, with inactivity timeout and remote stopping.
-//! - [`route`]: the way to the host: TCP, or a local `proxy_command`'s stdio.
+//! - [`route`]: the way to the host: TCP, a bastion's `direct-tcpip` channel, or a local
+//!   `proxy_command`'s stdio.
 //! - [`forward`]: direct-tcpip channels (`-L`) and remote listeners (`-R`) for port forwards.
 //! - [`job`]: jobs supervised on the host: the start, probe, kill and removal scripts.
 //! - [`sftp`], [`transfer`]: atomic, pipelined uploads and downloads over SFTP; [`pending`]:
@@ -97,6 +98,13 @@ pub enum SshError {
     },
     #[error("cannot reach {target} through its proxy_command: {reason}")]
     ProxyCommand { target: String, reason: String },
+    /// The bastion (`proxy_jump`) could not be reached, or could not reach the host.
+    #[error("cannot reach {target} through bastion {bastion}: {reason}")]
+    Jump {
+        target: String,
+        bastion: String,
+        reason: String,
+    },
     #[error("SSH error with {target}: {message}")]
     Protocol { target: String, message: String },
     #[error("connection to {target} lost: {reason}")]

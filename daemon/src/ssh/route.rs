@@ -1,4 +1,5 @@
-//! How an SSH session's bytes reach the host: a TCP connection, or the stdin and stdout of a
+//! How an SSH session's bytes reach the host: a TCP connection, a `direct-tcpip` channel of the
+//! bastion's connection (`proxy_jump`, as OpenSSH's ProxyJump), or the stdin and stdout of a
 //! local `proxy_command` (as OpenSSH's ProxyCommand: `cloudflared access ssh`, `aws ssm
 //! start-session`, `ssh -W %h:%p bastion`).
 
@@ -10,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use super::SshError;
+use super::{Connection, SshError};
 use crate::config::HostConfig;
 use crate::sync::lock;
 
@@ -81,10 +82,30 @@ pub fn expand_tokens(command: &str, host: &HostConfig) -> String {
     out
 }
 
-/// Opens the way to `host`: its proxy command when it has one, else TCP (with `TCP_NODELAY`:
-/// without it every small exchange waits for delayed ACKs, ~40 ms per command).
-pub async fn open(host: &HostConfig) -> Result<(Box<dyn Link>, Option<ProxyProcess>), SshError> {
+/// Opens the way to `host`: a channel through `bastion` (its connection, for a host with a
+/// `proxy_jump`), its proxy command when it has one, else TCP (with `TCP_NODELAY`: without it
+/// every small exchange waits for delayed ACKs, ~40 ms per command).
+pub async fn open(
+    host: &HostConfig,
+    bastion: Option<&Connection>,
+) -> Result<(Box<dyn Link>, Option<ProxyProcess>), SshError> {
     let target = host.target();
+    if let Some(bastion) = bastion {
+        // The name goes unresolved: names only the bastion can resolve work.
+        let channel = bastion
+            .open_direct_tcpip(&host.hostname, host.port, ("127.0.0.1", 0))
+            .await
+            .map_err(|e| SshError::Jump {
+                target: target.clone(),
+                bastion: bastion.host_name().to_string(),
+                reason: match e {
+                    SshError::Forward { reason, .. }
+                    | SshError::ForwardProhibited { reason, .. } => reason,
+                    other => other.to_string(),
+                },
+            })?;
+        return Ok((Box::new(channel), None));
+    }
     let Some(command) = &host.proxy_command else {
         let tcp = TcpStream::connect((host.hostname.as_str(), host.port))
             .await

@@ -248,9 +248,12 @@ pub struct HostInfo {
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
-    /// How the host is reached when not directly (a proxy command).
+    /// How the host is reached when not directly (bastions, a proxy command).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
+    /// Where its settings came from when not hosts.json alone (ssh_config).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// Port forwards open to this host (ssh_forward).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub forwards: Vec<forward::ForwardBrief>,
@@ -260,6 +263,7 @@ impl From<pb::HostState> for HostInfo {
     fn from(h: pb::HostState) -> HostInfo {
         HostInfo {
             route: (!h.route.is_empty()).then(|| h.route.clone()),
+            source: (!h.source.is_empty() && h.source != "hosts.json").then(|| h.source.clone()),
             forwards: forward::briefs(&h.forwards),
             state: state_name(h.state),
             last_error: (!h.last_error.is_empty()).then_some(h.last_error),
@@ -291,6 +295,9 @@ impl HostsResult {
             ));
             if let Some(route) = &h.route {
                 text.push_str(&format!(" (via {route})"));
+            }
+            if let Some(source) = &h.source {
+                text.push_str(&format!(" [{source}]"));
             }
             if let Some(e) = &h.last_error {
                 text.push_str(&format!(" ({})", e.lines().next().unwrap_or_default()));

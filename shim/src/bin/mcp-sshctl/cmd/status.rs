@@ -84,6 +84,14 @@ fn status_text(s: &pb::StatusReply) -> String {
     }
     out.push('\n');
     out.push_str(&host_table(&s.hosts));
+    if !s.bastions.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nbastions ({}), reached for the hosts behind them",
+            s.bastions.len()
+        );
+        out.push_str(&host_table(&s.bastions));
+    }
     let forwards: Vec<pb::ForwardInfo> = s
         .hosts
         .iter()
@@ -128,11 +136,7 @@ fn host_table(hosts: &[pb::HostState]) -> String {
     for h in hosts {
         table.row(vec![
             h.name.clone(),
-            if h.route.is_empty() {
-                format!("{}@{}:{}", h.username, h.hostname, h.port)
-            } else {
-                format!("{}@{}:{} via {}", h.username, h.hostname, h.port, h.route)
-            },
+            address(h),
             state_name(h.state).into(),
             human_duration(crate::output::since_ms(h.since_unix_ms)),
             format!("{}/{}", h.channels_in_use, h.channel_limit),
@@ -141,6 +145,18 @@ fn host_table(hosts: &[pb::HostState]) -> String {
         ]);
     }
     table.render()
+}
+
+/// `user@host:port`, the route when not direct, and the source when not hosts.json alone.
+fn address(h: &pb::HostState) -> String {
+    let mut text = format!("{}@{}:{}", h.username, h.hostname, h.port);
+    if !h.route.is_empty() {
+        text.push_str(&format!(" via {}", h.route));
+    }
+    if !h.source.is_empty() && h.source != "hosts.json" {
+        text.push_str(&format!(" [{}]", h.source));
+    }
+    text
 }
 
 fn host_json(h: &pb::HostState) -> serde_json::Value {
@@ -154,6 +170,7 @@ fn host_json(h: &pb::HostState) -> serde_json::Value {
         "host_key_fingerprint": non_empty(&h.host_key_fingerprint),
         "connections_opened": h.connections_opened, "restricted": h.restricted,
         "route": non_empty(&h.route),
+        "source": non_empty(&h.source),
         "forwards": h.forwards.iter().map(super::forward::forward_json).collect::<Vec<_>>(),
     })
 }
@@ -168,6 +185,7 @@ fn status_json(s: &pb::StatusReply) -> serde_json::Value {
         "calls_in_flight": s.calls_in_flight,
         "jobs_known": s.jobs_known, "jobs_running": s.jobs_running,
         "hosts": s.hosts.iter().map(host_json).collect::<Vec<_>>(),
+        "bastions": s.bastions.iter().map(host_json).collect::<Vec<_>>(),
         "clients": s.clients.iter().map(|c| json!({
             "id": c.client_id, "name": c.name, "version": c.version, "pid": c.pid,
             "kind": match pb::ClientKind::try_from(c.kind) {

@@ -4,17 +4,21 @@
 //! fields with defaults. Unknown fields are errors: a typo in a security setting
 //! (`allowed_comands`) must never be silently ignored.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use schemars::JsonSchema;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::policy::CommandPolicy;
+use crate::ssh_config::{self, SshConfigFile};
 use serde::Deserialize;
+
+pub mod jump;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -80,8 +84,49 @@ struct RawConfig {
     /// their job directory is removed: seconds, or a duration such as "7d", "12h", "30m".
     #[serde(default)]
     job_retention: Option<RawDuration>,
+    /// The OpenSSH client configuration that ssh_config_host and ssh_config_hosts read
+    /// (default ~/.ssh/config, ~ meaning $HOME).
+    #[serde(default)]
+    ssh_config_file: Option<String>,
+    /// Import the concrete Host aliases of that file (and its Includes) matching these patterns
+    /// (* and ? wildcards, ! to exclude) as hosts; nothing is imported without it.
+    #[serde(default)]
+    ssh_config_hosts: Option<Vec<String>>,
+    /// Settings for every host that does not set them itself (imported ones included).
+    #[serde(default)]
+    defaults: Option<RawDefaults>,
     /// The hosts the AI may reach.
+    #[serde(default)]
     hosts: Vec<RawHost>,
+}
+
+/// Per-host settings given once for all hosts (a host's own value, or its ssh_config's,
+/// comes first).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    #[serde(default)]
+    host_key_policy: Option<HostKeyPolicy>,
+    #[serde(default)]
+    command_timeout: Option<u64>,
+    #[serde(default)]
+    transfer_timeout: Option<u64>,
+    #[serde(default)]
+    connect_timeout: Option<u64>,
+    #[serde(default)]
+    keepalive_interval: Option<u64>,
+    #[serde(default)]
+    keepalive_max: Option<u64>,
+    #[serde(default)]
+    max_sessions: Option<u64>,
+    #[serde(default)]
+    cipher: Option<CipherName>,
+    #[serde(default)]
+    allowed_commands: Option<Vec<String>>,
+    #[serde(default)]
+    allow_forwarding: Option<bool>,
+    #[serde(default)]
+    allowed_forward_ports: Option<Vec<u16>>,
 }
 
 /// A duration in hosts.json: seconds, or text such as "7d" or "90m".
@@ -108,22 +153,29 @@ impl RawDuration {
 }
 
 /// One host.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawHost {
     /// The name you and the AI use for this host; unique, without spaces.
     #[schemars(length(min = 1))]
     name: String,
-    /// IP address or DNS name.
+    /// Take HostName, User, Port, IdentityFile, ProxyJump, ProxyCommand, UserKnownHostsFile,
+    /// StrictHostKeyChecking, ConnectTimeout and ServerAlive* from this ssh_config alias, as
+    /// `ssh ALIAS` would; fields written here override them.
+    #[serde(default)]
+    ssh_config_host: Option<String>,
+    /// IP address or DNS name (required without ssh_config_host).
+    #[serde(default)]
     #[schemars(length(min = 1))]
-    hostname: String,
-    /// Login user (often root on cloud GPU machines).
+    hostname: Option<String>,
+    /// Login user (often root on cloud GPU machines; required without ssh_config_host).
+    #[serde(default)]
     #[schemars(length(min = 1))]
-    username: String,
-    /// SSH port.
-    #[serde(default = "default_port")]
+    username: Option<String>,
+    /// SSH port (default 22).
+    #[serde(default)]
     #[schemars(range(min = 1, max = 65535))]
-    port: u64,
+    port: Option<u64>,
     /// Private key file (~ is expanded); an encrypted key is used through ssh-agent.
     #[serde(default)]
     identity_file: Option<String>,
@@ -139,47 +191,54 @@ struct RawHost {
     /// known_hosts file (trust on first use), a changed one refused; accept-any: no check.
     #[serde(default)]
     host_key_policy: Option<HostKeyPolicy>,
-    /// Seconds without output before a command is stopped.
-    #[serde(default = "default_command_timeout")]
+    /// Seconds without output before a command is stopped (default 30).
+    #[serde(default)]
     #[schemars(range(min = 1))]
-    command_timeout: u64,
-    /// Seconds without any data moving before a transfer is stopped.
-    #[serde(default = "default_transfer_timeout")]
+    command_timeout: Option<u64>,
+    /// Seconds without any data moving before a transfer is stopped (default 120).
+    #[serde(default)]
     #[schemars(range(min = 1))]
-    transfer_timeout: u64,
+    transfer_timeout: Option<u64>,
     /// If set, only commands whose words start with one of these entries may run.
     #[serde(default)]
     allowed_commands: Option<Vec<String>>,
     /// known_hosts file for this host.
     #[serde(default)]
     known_hosts_file: Option<String>,
-    /// Seconds for TCP connect, key exchange and authentication together.
-    #[serde(default = "default_connect_timeout")]
+    /// Seconds for TCP connect, key exchange and authentication together (default 10).
+    #[serde(default)]
     #[schemars(range(min = 1))]
-    connect_timeout: u64,
-    /// Seconds between SSH keepalives; 0 turns them off.
-    #[serde(default = "default_keepalive_interval")]
-    keepalive_interval: u64,
-    /// Unanswered keepalives before the connection is declared lost.
-    #[serde(default = "default_keepalive_max")]
-    keepalive_max: u64,
-    /// Channels opened at once on this connection (OpenSSH's MaxSessions).
-    #[serde(default = "default_max_sessions")]
+    connect_timeout: Option<u64>,
+    /// Seconds between SSH keepalives (default 10); 0 turns them off.
+    #[serde(default)]
+    keepalive_interval: Option<u64>,
+    /// Unanswered keepalives before the connection is declared lost (default 2).
+    #[serde(default)]
+    keepalive_max: Option<u64>,
+    /// Channels opened at once on this connection (OpenSSH's MaxSessions; default 10).
+    #[serde(default)]
     #[schemars(range(min = 1))]
-    max_sessions: u64,
+    max_sessions: Option<u64>,
     /// Preferred cipher: auto (AES-GCM with AES instructions, else ChaCha20) or a cipher name.
     #[serde(default)]
     cipher: Option<CipherName>,
+    /// Reach the host through these bastions, as OpenSSH's ProxyJump: comma-separated, each a
+    /// host of this file or user@host[:port] (then with this host's keys and known_hosts).
+    #[serde(default)]
+    proxy_jump: Option<String>,
     /// Reach the host through this local command's stdin/stdout instead of TCP (as OpenSSH's
     /// ProxyCommand; %h %p %r %n %% are expanded), e.g. "cloudflared access ssh --hostname %h".
     #[serde(default)]
     proxy_command: Option<String>,
-    /// Port forwards to and from this host (ssh_forward, mcp-sshctl forward).
-    #[serde(default = "default_true")]
-    allow_forwarding: bool,
+    /// Port forwards to and from this host (ssh_forward, mcp-sshctl forward; default true).
+    #[serde(default)]
+    allow_forwarding: Option<bool>,
     /// If set, forwards may reach only these ports of the host itself (no other address).
     #[serde(default)]
     allowed_forward_ports: Option<Vec<u16>>,
+    /// Imported by `ssh_config_hosts` rather than written.
+    #[serde(skip)]
+    imported: bool,
 }
 
 /// How a host's key is checked.
@@ -248,32 +307,6 @@ pub fn schema() -> String {
 fn default_max_output_bytes() -> u64 {
     DEFAULT_MAX_OUTPUT_BYTES
 }
-fn default_port() -> u64 {
-    22
-}
-fn default_command_timeout() -> u64 {
-    30
-}
-fn default_transfer_timeout() -> u64 {
-    120
-}
-fn default_connect_timeout() -> u64 {
-    10
-}
-// A silent peer is declared lost after interval x (max + 1): 30 s by default, the same as
-// the default command_timeout, so a dead network is noticed as soon as a quiet command is.
-fn default_keepalive_interval() -> u64 {
-    10
-}
-fn default_keepalive_max() -> u64 {
-    2
-}
-fn default_max_sessions() -> u64 {
-    10
-}
-fn default_true() -> bool {
-    true
-}
 
 /// Ciphers a host may prefer with `"cipher"` (all AEAD or CTR, as OpenSSH offers by default).
 pub const CIPHERS: &[&str] = &[
@@ -290,6 +323,15 @@ pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How much of each output stream (stdout, stderr) a tool result keeps, by default and at most.
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 32 * 1024;
 pub const HARD_MAX_OUTPUT_BYTES: u64 = 1024 * 1024;
+const DEFAULT_PORT: u64 = 22;
+const DEFAULT_COMMAND_TIMEOUT: u64 = 30;
+const DEFAULT_TRANSFER_TIMEOUT: u64 = 120;
+const DEFAULT_CONNECT_TIMEOUT: u64 = 10;
+// A silent peer is declared lost after interval x (max + 1): 30 s by default, the same as
+// the default command_timeout, so a dead network is noticed as soon as a quiet command is.
+const DEFAULT_KEEPALIVE_INTERVAL: u64 = 10;
+const DEFAULT_KEEPALIVE_MAX: u64 = 2;
+const DEFAULT_MAX_SESSIONS: u64 = 10;
 
 /// A validated configuration.
 #[derive(Debug)]
@@ -305,13 +347,52 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
+/// Where a host's settings came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostSource {
+    /// Written out in hosts.json.
+    HostsJson,
+    /// hosts.json names an ssh_config alias (`ssh_config_host`).
+    SshConfig { alias: String },
+    /// Imported by `ssh_config_hosts`.
+    Imported { alias: String },
+    /// Only a bastion on the way to other hosts (`proxy_jump`), not a host the AI may use.
+    Hop,
+}
+
+impl HostSource {
+    /// For `list_hosts`: "hosts.json", "ssh_config web-prod", "imported from ssh_config".
+    pub fn describe(&self) -> String {
+        match self {
+            HostSource::HostsJson => "hosts.json".into(),
+            HostSource::SshConfig { alias } => format!("hosts.json + ssh_config {alias}"),
+            HostSource::Imported { alias } => format!("ssh_config {alias} (ssh_config_hosts)"),
+            HostSource::Hop => "proxy_jump hop".into(),
+        }
+    }
+}
+
+/// The keys a host logs in with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identities {
+    /// Tried in order; empty: ssh-agent's keys, then the default key files.
+    pub files: Vec<PathBuf>,
+    /// A missing file is an error (hosts.json's `identity_file`) rather than skipped (the
+    /// IdentityFile list of ssh_config, as ssh skips them).
+    pub required: bool,
+    /// Only these files (hosts.json's `identity_file`, IdentitiesOnly); otherwise ssh-agent's
+    /// other keys are tried after them.
+    pub only: bool,
+}
+
 /// One host, validated, with paths expanded.
+#[derive(Clone)]
 pub struct HostConfig {
     pub name: String,
     pub hostname: String,
     pub port: u16,
     pub username: String,
-    pub identity_file: Option<PathBuf>,
+    pub identities: Identities,
     pub password: Option<SecretString>,
     pub host_key_policy: HostKeyPolicy,
     pub command_timeout: Duration,
@@ -332,9 +413,12 @@ pub struct HostConfig {
     pub cipher: Option<String>,
     /// Run to carry the SSH session instead of a TCP connection (tokens not yet expanded).
     pub proxy_command: Option<String>,
+    /// The last bastion on the way (`proxy_jump`), itself perhaps behind others.
+    pub jump: Option<Arc<HostConfig>>,
     pub allow_forwarding: bool,
     /// Forwards may reach only these ports on the host's loopback; `None`: any destination.
     pub allowed_forward_ports: Option<Vec<u16>>,
+    pub source: HostSource,
 }
 
 // Written by hand so that nothing about the password, not even its length, can be printed.
@@ -345,7 +429,7 @@ impl fmt::Debug for HostConfig {
             .field("hostname", &self.hostname)
             .field("port", &self.port)
             .field("username", &self.username)
-            .field("identity_file", &self.identity_file)
+            .field("identities", &self.identities)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("host_key_policy", &self.host_key_policy)
             .finish_non_exhaustive()
@@ -362,7 +446,7 @@ impl HostConfig {
         self.hostname == other.hostname
             && self.port == other.port
             && self.username == other.username
-            && self.identity_file == other.identity_file
+            && self.identities == other.identities
             && password(self) == password(other)
             && self.host_key_policy == other.host_key_policy
             && self.known_hosts_files == other.known_hosts_files
@@ -372,6 +456,11 @@ impl HostConfig {
             && self.max_sessions == other.max_sessions
             && self.cipher == other.cipher
             && self.proxy_command == other.proxy_command
+            && match (&self.jump, &other.jump) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a.name == b.name && a.same_connection(b),
+                _ => false,
+            }
     }
 
     /// Whether `other` is the same host with the same settings in every respect.
@@ -387,6 +476,23 @@ impl HostConfig {
     /// `user@host:port`, for messages.
     pub fn target(&self) -> String {
         format!("{}@{}:{}", self.username, self.hostname, self.port)
+    }
+
+    /// How the host is reached when not directly: "bastion b", "bastions a → b", "proxy
+    /// command `…`".
+    pub fn route(&self) -> Option<String> {
+        if let Some(last) = &self.jump {
+            let hops = jump::describe(last);
+            let noun = if last.jump.is_some() {
+                "bastions"
+            } else {
+                "bastion"
+            };
+            return Some(format!("{noun} {hops}"));
+        }
+        self.proxy_command
+            .as_ref()
+            .map(|c| format!("proxy command `{c}`"))
     }
 }
 
@@ -440,21 +546,55 @@ impl Config {
             Some(raw) => raw.parse("job_retention").map_err(invalid)?,
             None => DEFAULT_JOB_RETENTION,
         };
+        let ssh = SshConfigFile::new(raw.ssh_config_file.as_deref().map(expand_tilde));
+        let mut raw_hosts = raw.hosts;
+        if let Some(patterns) = &raw.ssh_config_hosts {
+            let aliases = ssh
+                .aliases()
+                .map_err(|e| invalid(format!("ssh_config_hosts: {e}")))?;
+            let mut imported = 0;
+            for alias in aliases {
+                if ssh_config::selected(&alias, patterns)
+                    && !raw_hosts.iter().any(|h| h.name == alias)
+                {
+                    imported += 1;
+                    raw_hosts.push(RawHost {
+                        name: alias.clone(),
+                        ssh_config_host: Some(alias),
+                        imported: true,
+                        ..RawHost::default()
+                    });
+                }
+            }
+            if imported == 0 {
+                tracing::warn!(
+                    "ssh_config_hosts {patterns:?} matches no Host alias of {}",
+                    ssh.path.display()
+                );
+            }
+        }
+        let builder = Builder {
+            ssh: &ssh,
+            defaults: raw.defaults.unwrap_or_default(),
+            global_known_hosts: global_known_hosts.as_deref(),
+        };
         let mut seen = HashSet::new();
-        let mut hosts = Vec::with_capacity(raw.hosts.len());
-        for (index, host) in raw.hosts.into_iter().enumerate() {
+        let mut built = Vec::with_capacity(raw_hosts.len());
+        for (index, host) in raw_hosts.into_iter().enumerate() {
             let label = if host.name.is_empty() {
                 format!("hosts[{index}]")
             } else {
                 host.name.clone()
             };
-            let host = validate_host(host, global_known_hosts.as_deref())
+            let host = builder
+                .host(host)
                 .map_err(|msg| invalid(format!("host {label}: {msg}")))?;
-            if !seen.insert(host.name.clone()) {
-                return Err(invalid(format!("duplicate host name {:?}", host.name)));
+            if !seen.insert(host.0.name.clone()) {
+                return Err(invalid(format!("duplicate host name {:?}", host.0.name)));
             }
-            hosts.push(host);
+            built.push(host);
         }
+        let hosts = builder.link_jumps(built).map_err(invalid)?;
         Ok(Config {
             path: path.to_path_buf(),
             log_level: raw.log_level,
@@ -476,9 +616,10 @@ impl Config {
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         for host in &self.hosts {
-            if let Some(key) = &host.identity_file
-                && !key.exists()
-            {
+            if !host.identities.required {
+                continue;
+            }
+            for key in host.identities.files.iter().filter(|k| !k.exists()) {
                 problems.push(format!(
                     "host {}: identity_file {} does not exist (fix the path, or remove the field to \
                      use ssh-agent and the default keys)",
@@ -491,107 +632,393 @@ impl Config {
     }
 }
 
-fn validate_host(raw: RawHost, global_known_hosts: Option<&Path>) -> Result<HostConfig, String> {
-    for (field, value) in [
-        ("name", &raw.name),
-        ("hostname", &raw.hostname),
-        ("username", &raw.username),
-    ] {
-        if value.trim().is_empty() {
-            return Err(format!("{field} must not be empty"));
+/// A host whose `proxy_jump` is still to be linked: the hops as written, and whether they are
+/// ssh_config aliases (ProxyJump from ssh_config, resolved as ssh does) or hosts.json names.
+struct PendingJump {
+    hops: Vec<jump::Hop>,
+    from_ssh_config: bool,
+}
+
+/// Turns raw hosts into validated ones, with the file-wide settings at hand.
+struct Builder<'a> {
+    ssh: &'a SshConfigFile,
+    defaults: RawDefaults,
+    global_known_hosts: Option<&'a Path>,
+}
+
+impl Builder<'_> {
+    /// Validates one host, resolving its ssh_config alias if it names one; its proxy_jump is
+    /// linked later, once every host is known.
+    fn host(&self, raw: RawHost) -> Result<(HostConfig, Option<PendingJump>), String> {
+        let source = match &raw.ssh_config_host {
+            None => HostSource::HostsJson,
+            Some(alias) if raw.imported => HostSource::Imported {
+                alias: alias.clone(),
+            },
+            Some(alias) => HostSource::SshConfig {
+                alias: alias.clone(),
+            },
+        };
+        self.host_from(raw, source)
+    }
+
+    fn host_from(
+        &self,
+        raw: RawHost,
+        source: HostSource,
+    ) -> Result<(HostConfig, Option<PendingJump>), String> {
+        let d = &self.defaults;
+        if raw.name.trim().is_empty() {
+            return Err("name must not be empty".into());
         }
-    }
-    if raw
-        .name
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err(format!(
-            "name {:?} must not contain spaces or control characters",
-            raw.name
-        ));
-    }
-    let port = u16::try_from(raw.port)
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| format!("port {} is out of range (1-65535)", raw.port))?;
-    let positive = |field: &str, value: u64| {
-        if value == 0 {
-            Err(format!("{field} must be at least 1"))
-        } else {
-            Ok(value)
-        }
-    };
-    let command_timeout = positive("command_timeout", raw.command_timeout)?;
-    let transfer_timeout = positive("transfer_timeout", raw.transfer_timeout)?;
-    let connect_timeout = positive("connect_timeout", raw.connect_timeout)?;
-    let max_sessions = u32::try_from(positive("max_sessions", raw.max_sessions)?)
-        .map_err(|_| "max_sessions is too large".to_string())?;
-    if raw
-        .proxy_command
-        .as_deref()
-        .is_some_and(|c| c.trim().is_empty() || c.contains(['\n', '\0']))
-    {
-        return Err("proxy_command must be one non-empty line (or left out)".into());
-    }
-    if raw
-        .allowed_forward_ports
-        .as_ref()
-        .is_some_and(|ports| ports.contains(&0))
-    {
-        return Err("allowed_forward_ports: 0 is not a port (1-65535)".into());
-    }
-    let host_key_policy = match (raw.auto_accept_host_key, raw.host_key_policy) {
-        (false, policy) => policy.unwrap_or(HostKeyPolicy::Strict),
-        (true, None | Some(HostKeyPolicy::AcceptAny)) => HostKeyPolicy::AcceptAny,
-        (true, Some(other)) => {
+        if raw
+            .name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(format!(
-                "auto_accept_host_key: true and host_key_policy {:?} disagree; keep one (auto_accept_host_key means \"accept-any\")",
-                other.as_str()
+                "name {:?} must not contain spaces or control characters",
+                raw.name
             ));
         }
-    };
-    let policy = raw
-        .allowed_commands
-        .as_deref()
-        .map(CommandPolicy::new)
-        .transpose()?;
-    let cipher = raw
-        .cipher
-        .as_ref()
-        .and_then(CipherName::ssh_name)
-        .map(str::to_string);
-    let mut known_hosts_files = vec![
-        raw.known_hosts_file
+        let port = raw
+            .port
+            .map(|port| {
+                u16::try_from(port)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("port {port} is out of range (1-65535)"))
+            })
+            .transpose()?;
+        let ssh = match &raw.ssh_config_host {
+            Some(alias) => Some(
+                self.ssh
+                    .resolve(alias, raw.username.as_deref(), port)
+                    .map_err(|e| format!("ssh_config_host {alias:?}: {e}"))?,
+            ),
+            None => None,
+        };
+        let required = |field: &str, value: Option<String>, from_ssh: Option<&String>| {
+            let value = value.or_else(|| from_ssh.cloned()).ok_or_else(|| {
+                format!(
+                    "missing field `{field}` (or name an ssh_config alias with ssh_config_host)"
+                )
+            })?;
+            if value.trim().is_empty() {
+                return Err(format!("{field} must not be empty"));
+            }
+            Ok(value)
+        };
+        let hostname = required("hostname", raw.hostname, ssh.as_ref().map(|r| &r.hostname))?;
+        let username = required("username", raw.username, ssh.as_ref().map(|r| &r.user))?;
+        let port = port
+            .or(ssh.as_ref().map(|r| r.port))
+            .unwrap_or(DEFAULT_PORT as u16);
+        let positive = |field: &str, value: u64| {
+            if value == 0 {
+                Err(format!("{field} must be at least 1"))
+            } else {
+                Ok(value)
+            }
+        };
+        let command_timeout = positive(
+            "command_timeout",
+            raw.command_timeout
+                .or(d.command_timeout)
+                .unwrap_or(DEFAULT_COMMAND_TIMEOUT),
+        )?;
+        let transfer_timeout = positive(
+            "transfer_timeout",
+            raw.transfer_timeout
+                .or(d.transfer_timeout)
+                .unwrap_or(DEFAULT_TRANSFER_TIMEOUT),
+        )?;
+        let connect_timeout = match raw.connect_timeout {
+            Some(secs) => Duration::from_secs(positive("connect_timeout", secs)?),
+            None => match ssh.as_ref().and_then(|r| r.connect_timeout) {
+                Some(timeout) => timeout.max(Duration::from_secs(1)),
+                None => Duration::from_secs(positive(
+                    "connect_timeout",
+                    d.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+                )?),
+            },
+        };
+        let (keepalive_interval, keepalive_max) = match (
+            raw.keepalive_interval,
+            ssh.as_ref().and_then(|r| r.keepalive),
+        ) {
+            (None, Some((interval, max))) => (Some(interval), raw.keepalive_max.unwrap_or(max)),
+            (interval, _) => {
+                let secs = interval
+                    .or(d.keepalive_interval)
+                    .unwrap_or(DEFAULT_KEEPALIVE_INTERVAL);
+                (
+                    (secs > 0).then(|| Duration::from_secs(secs)),
+                    raw.keepalive_max
+                        .or(d.keepalive_max)
+                        .unwrap_or(DEFAULT_KEEPALIVE_MAX),
+                )
+            }
+        };
+        let max_sessions = u32::try_from(positive(
+            "max_sessions",
+            raw.max_sessions
+                .or(d.max_sessions)
+                .unwrap_or(DEFAULT_MAX_SESSIONS),
+        )?)
+        .map_err(|_| "max_sessions is too large".to_string())?;
+        if raw
+            .proxy_command
             .as_deref()
-            .map(expand_tilde)
-            .or_else(|| global_known_hosts.map(Path::to_path_buf))
-            .unwrap_or_else(|| expand_tilde("~/.ssh/known_hosts")),
-    ];
-    known_hosts_files.push(PathBuf::from("/etc/ssh/ssh_known_hosts"));
-    Ok(HostConfig {
-        name: raw.name,
-        hostname: raw.hostname,
-        port,
-        username: raw.username,
-        identity_file: raw.identity_file.as_deref().map(expand_tilde),
-        password: raw.password,
-        host_key_policy,
-        command_timeout: Duration::from_secs(command_timeout),
-        transfer_timeout: Duration::from_secs(transfer_timeout),
-        policy,
-        allowed_commands: raw.allowed_commands,
-        known_hosts_files,
-        connect_timeout: Duration::from_secs(connect_timeout),
-        keepalive_interval: (raw.keepalive_interval > 0)
-            .then(|| Duration::from_secs(raw.keepalive_interval)),
-        keepalive_max: usize::try_from(raw.keepalive_max).unwrap_or(usize::MAX),
-        max_sessions,
-        cipher,
-        proxy_command: raw.proxy_command,
-        allow_forwarding: raw.allow_forwarding,
-        allowed_forward_ports: raw.allowed_forward_ports,
-    })
+            .is_some_and(|c| c.trim().is_empty() || c.contains(['\n', '\0']))
+        {
+            return Err("proxy_command must be one non-empty line (or left out)".into());
+        }
+        if raw.proxy_command.is_some() && raw.proxy_jump.is_some() {
+            return Err(
+                "proxy_jump and proxy_command cannot both be set (as in OpenSSH): keep one".into(),
+            );
+        }
+        // A route written in hosts.json replaces ssh_config's, whichever kind it is.
+        let written_route = raw.proxy_command.is_some() || raw.proxy_jump.is_some();
+        let (proxy_command, pending) = match (raw.proxy_jump, raw.proxy_command) {
+            (Some(text), _) => (
+                None,
+                Some(PendingJump {
+                    hops: jump::parse(&text)?,
+                    from_ssh_config: false,
+                }),
+            ),
+            (None, Some(command)) => (Some(command), None),
+            (None, None) => match ssh.as_ref().filter(|_| !written_route) {
+                Some(r) => (
+                    r.proxy_command.clone(),
+                    r.proxy_jump
+                        .as_deref()
+                        .map(|text| {
+                            jump::parse(text).map(|hops| PendingJump {
+                                hops,
+                                from_ssh_config: true,
+                            })
+                        })
+                        .transpose()
+                        .map_err(|e| format!("ProxyJump of ssh_config: {e}"))?,
+                ),
+                None => (None, None),
+            },
+        };
+        let allowed_forward_ports = raw
+            .allowed_forward_ports
+            .or(d.allowed_forward_ports.clone());
+        if allowed_forward_ports
+            .as_ref()
+            .is_some_and(|ports| ports.contains(&0))
+        {
+            return Err("allowed_forward_ports: 0 is not a port (1-65535)".into());
+        }
+        let host_key_policy = match (raw.auto_accept_host_key, raw.host_key_policy) {
+            (false, Some(policy)) => policy,
+            (false, None) => ssh
+                .as_ref()
+                .and_then(|r| r.host_key_policy)
+                .or(d.host_key_policy)
+                .unwrap_or(HostKeyPolicy::Strict),
+            (true, None | Some(HostKeyPolicy::AcceptAny)) => HostKeyPolicy::AcceptAny,
+            (true, Some(other)) => {
+                return Err(format!(
+                    "auto_accept_host_key: true and host_key_policy {:?} disagree; keep one (auto_accept_host_key means \"accept-any\")",
+                    other.as_str()
+                ));
+            }
+        };
+        let allowed_commands = raw.allowed_commands.or(d.allowed_commands.clone());
+        let policy = allowed_commands
+            .as_deref()
+            .map(CommandPolicy::new)
+            .transpose()?;
+        let cipher = raw
+            .cipher
+            .as_ref()
+            .or(d.cipher.as_ref())
+            .and_then(CipherName::ssh_name)
+            .map(str::to_string);
+        let mut known_hosts_files = match (
+            raw.known_hosts_file,
+            ssh.as_ref().and_then(|r| r.known_hosts_files.clone()),
+        ) {
+            (Some(file), _) => vec![expand_tilde(&file)],
+            (None, Some(files)) => files,
+            (None, None) => vec![
+                self.global_known_hosts
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| expand_tilde("~/.ssh/known_hosts")),
+            ],
+        };
+        known_hosts_files.push(PathBuf::from("/etc/ssh/ssh_known_hosts"));
+        let identities = match (raw.identity_file, ssh.as_ref()) {
+            (Some(file), _) => Identities {
+                files: vec![expand_tilde(&file)],
+                required: true,
+                only: true,
+            },
+            (None, Some(r)) => Identities {
+                files: r.identity_files.clone().unwrap_or_default(),
+                required: false,
+                only: r.identities_only,
+            },
+            (None, None) => Identities::default(),
+        };
+        let host = HostConfig {
+            name: raw.name,
+            hostname,
+            port,
+            username,
+            identities,
+            password: raw.password,
+            host_key_policy,
+            command_timeout: Duration::from_secs(command_timeout),
+            transfer_timeout: Duration::from_secs(transfer_timeout),
+            policy,
+            allowed_commands,
+            known_hosts_files,
+            connect_timeout,
+            keepalive_interval,
+            keepalive_max: usize::try_from(keepalive_max).unwrap_or(usize::MAX),
+            max_sessions,
+            cipher,
+            proxy_command,
+            jump: None,
+            allow_forwarding: raw.allow_forwarding.or(d.allow_forwarding).unwrap_or(true),
+            allowed_forward_ports,
+            source,
+        };
+        Ok((host, pending))
+    }
+
+    /// Links every host's proxy_jump to its bastions, each bastion linked first (a loop is an
+    /// error).
+    fn link_jumps(
+        &self,
+        built: Vec<(HostConfig, Option<PendingJump>)>,
+    ) -> Result<Vec<HostConfig>, String> {
+        let order: Vec<String> = built.iter().map(|(h, _)| h.name.clone()).collect();
+        let mut waiting: HashMap<String, (HostConfig, Option<PendingJump>)> = built
+            .into_iter()
+            .map(|(h, p)| (h.name.clone(), (h, p)))
+            .collect();
+        let mut done: HashMap<String, Arc<HostConfig>> = HashMap::new();
+        for name in &order {
+            self.link(name, &mut waiting, &mut done, &mut Vec::new())?;
+        }
+        Ok(order
+            .iter()
+            .filter_map(|name| done.remove(name))
+            .map(|host| Arc::try_unwrap(host).unwrap_or_else(|shared| (*shared).clone()))
+            .collect())
+    }
+
+    fn link(
+        &self,
+        name: &str,
+        waiting: &mut HashMap<String, (HostConfig, Option<PendingJump>)>,
+        done: &mut HashMap<String, Arc<HostConfig>>,
+        stack: &mut Vec<String>,
+    ) -> Result<Arc<HostConfig>, String> {
+        if let Some(host) = done.get(name) {
+            return Ok(host.clone());
+        }
+        if stack.iter().any(|n| n == name) {
+            stack.push(name.to_string());
+            return Err(format!("proxy_jump loop: {}", stack.join(" → ")));
+        }
+        let Some((mut host, pending)) = waiting.remove(name) else {
+            return Err(format!("proxy_jump loop through {name}"));
+        };
+        if let Some(pending) = pending {
+            stack.push(name.to_string());
+            let hops = self
+                .hops(&host, &pending, waiting, done, stack)
+                .map_err(|e| format!("host {name}: {e}"))?;
+            stack.pop();
+            host.jump = jump::chain(hops);
+        }
+        let host = Arc::new(host);
+        done.insert(name.to_string(), host.clone());
+        Ok(host)
+    }
+
+    /// Each hop of `pending` as a full configuration of its own, in order.
+    fn hops(
+        &self,
+        target: &HostConfig,
+        pending: &PendingJump,
+        waiting: &mut HashMap<String, (HostConfig, Option<PendingJump>)>,
+        done: &mut HashMap<String, Arc<HostConfig>>,
+        stack: &mut Vec<String>,
+    ) -> Result<Vec<HostConfig>, String> {
+        let mut hops = Vec::with_capacity(pending.hops.len());
+        for hop in &pending.hops {
+            let config = if pending.from_ssh_config {
+                self.ssh_hop(hop, 1)?
+            } else if hop.is_bare() {
+                let known = waiting.contains_key(&hop.host) || done.contains_key(&hop.host);
+                if !known {
+                    return Err(format!(
+                        "proxy_jump names {:?}, which is not a host in this file (add it as a host, \
+                         or write user@host[:port] to use this host's keys and known_hosts for it)",
+                        hop.host
+                    ));
+                }
+                (*self.link(&hop.host, waiting, done, stack)?).clone()
+            } else {
+                let mut config = target.clone();
+                config.name = hop.to_string();
+                config.hostname = hop.host.clone();
+                config.port = hop.port.unwrap_or(DEFAULT_PORT as u16);
+                config.username = hop.user.clone().unwrap_or_else(|| target.username.clone());
+                config.password = None;
+                config.proxy_command = None;
+                config.jump = None;
+                config.policy = None;
+                config.allowed_commands = None;
+                config.max_sessions = DEFAULT_MAX_SESSIONS as u32;
+                config.source = HostSource::Hop;
+                config
+            };
+            hops.push(config);
+        }
+        Ok(hops)
+    }
+
+    /// A ProxyJump hop of ssh_config, resolved as ssh resolves it (with its own ProxyJump or
+    /// ProxyCommand when it is the first hop).
+    fn ssh_hop(&self, hop: &jump::Hop, depth: usize) -> Result<HostConfig, String> {
+        if depth > jump::MAX_HOPS {
+            return Err(format!(
+                "ProxyJump of ssh_config goes deeper than {} hops (a loop?)",
+                jump::MAX_HOPS
+            ));
+        }
+        let raw = RawHost {
+            name: hop.to_string(),
+            ssh_config_host: Some(hop.host.clone()),
+            username: hop.user.clone(),
+            port: hop.port.map(u64::from),
+            ..RawHost::default()
+        };
+        let (mut config, pending) = self.host_from(raw, HostSource::Hop)?;
+        config.policy = None;
+        config.allowed_commands = None;
+        if let Some(pending) = pending {
+            let hops = pending
+                .hops
+                .iter()
+                .map(|h| self.ssh_hop(h, depth + 1))
+                .collect::<Result<Vec<_>, _>>()?;
+            config.jump = jump::chain(hops);
+        }
+        Ok(config)
+    }
 }
 
 /// Expands a leading `~` or `~/` to the user's home directory.
@@ -630,13 +1057,10 @@ mod tests {
         assert_eq!(h.command_timeout, Duration::from_secs(30));
         assert_eq!(h.transfer_timeout, Duration::from_secs(120));
         assert_eq!(h.host_key_policy, HostKeyPolicy::Strict);
-        assert!(
-            h.identity_file
-                .as_ref()
-                .unwrap()
-                .ends_with(".ssh/id_ed25519")
-        );
-        assert!(!h.identity_file.as_ref().unwrap().starts_with("~"));
+        let key = &h.identities.files[0];
+        assert!(key.ends_with(".ssh/id_ed25519"), "{key:?}");
+        assert!(!key.starts_with("~"));
+        assert!(h.identities.required && h.identities.only);
         assert_eq!(h.max_sessions, 10);
         assert_eq!(cfg.log_level, LogLevel::Info);
     }
@@ -750,7 +1174,7 @@ mod tests {
 
     #[test]
     fn shipped_schema_should_match_the_config_types() {
-        let shipped = include_str!("../../hosts.schema.json");
+        let shipped = include_str!("../../../hosts.schema.json");
         assert!(
             shipped == schema(),
             "hosts.schema.json is out of date: run `cargo run -p mcp-ssh-daemon -- --print-config-schema > hosts.schema.json`"
@@ -759,7 +1183,7 @@ mod tests {
 
     #[test]
     fn example_should_be_valid() {
-        let example = include_str!("../../hosts.example.json");
+        let example = include_str!("../../../hosts.example.json");
         let cfg = Config::parse(example, Path::new("hosts.example.json")).unwrap();
         assert!(cfg.hosts.len() >= 2);
     }
