@@ -692,7 +692,17 @@ impl Registry {
     /// and untouched hosts keep their connection.
     pub async fn reload(&self, caller: &Option<ClientRef>) -> Result<ReloadSummary, ConfigError> {
         let _one_at_a_time = self.reloading.lock().await;
-        let config = match Config::load(&self.config_path) {
+        // Off the runtime's threads: loading may run `ssh -G` once per ssh_config host.
+        let path = self.config_path.clone();
+        let loaded = tokio::task::spawn_blocking(move || Config::load(&path))
+            .await
+            .unwrap_or_else(|e| {
+                Err(ConfigError::Invalid {
+                    path: self.config_path.clone(),
+                    message: format!("loading stopped: {e}"),
+                })
+            });
+        let config = match loaded {
             Ok(config) => config,
             Err(e) => {
                 tracing::warn!("reload failed, keeping the running configuration: {e}");

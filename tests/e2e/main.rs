@@ -27,4 +27,5 @@ mod service;
 mod shim;
 mod shim_results;
 mod soak;
+mod ssh_config;
 mod transfer;

@@ -936,9 +936,7 @@ impl Builder<'_> {
         };
         if let Some(pending) = pending {
             stack.push(name.to_string());
-            let hops = self
-                .hops(&host, &pending, waiting, done, stack)
-                .map_err(|e| format!("host {name}: {e}"))?;
+            let hops = self.hops(&host, &pending, waiting, done, stack)?;
             stack.pop();
             host.jump = jump::chain(hops);
         }
@@ -959,14 +957,17 @@ impl Builder<'_> {
         let mut hops = Vec::with_capacity(pending.hops.len());
         for hop in &pending.hops {
             let config = if pending.from_ssh_config {
-                self.ssh_hop(hop, 1)?
+                self.ssh_hop(hop, 1)
+                    .map_err(|e| format!("host {}: {e}", target.name))?
             } else if hop.is_bare() {
-                let known = waiting.contains_key(&hop.host) || done.contains_key(&hop.host);
+                let known = waiting.contains_key(&hop.host)
+                    || done.contains_key(&hop.host)
+                    || stack.contains(&hop.host);
                 if !known {
                     return Err(format!(
-                        "proxy_jump names {:?}, which is not a host in this file (add it as a host, \
+                        "host {}: proxy_jump names {:?}, which is not a host in this file (add it as a host, \
                          or write user@host[:port] to use this host's keys and known_hosts for it)",
-                        hop.host
+                        target.name, hop.host
                     ));
                 }
                 (*self.link(&hop.host, waiting, done, stack)?).clone()
@@ -1204,6 +1205,163 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("unknown variant `rot13`"), "{err}");
+    }
+
+    /// `ssh -G`'s own answer for `alias`, as key → values.
+    fn ssh_g(config: &Path, alias: &str) -> HashMap<String, Vec<String>> {
+        let out = std::process::Command::new("ssh")
+            .arg("-G")
+            .arg("-F")
+            .arg(config)
+            .arg(alias)
+            .output()
+            .expect("ssh (openssh-client) is needed: apt-get install openssh-client");
+        assert!(out.status.success(), "{out:?}");
+        let mut map: HashMap<String, Vec<String>> = HashMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some((k, v)) = line.split_once(' ') {
+                map.entry(k.to_string()).or_default().push(v.to_string());
+            }
+        }
+        map
+    }
+
+    #[test]
+    fn ssh_config_hosts_should_resolve_as_ssh_g_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+        std::fs::write(
+            dir.path().join("conf.d/db.conf"),
+            "Host db1 db2\n  HostName %h.internal\n  User dba\n  ProxyJump web-prod\n",
+        )
+        .unwrap();
+        let ssh_config = dir.path().join("config");
+        std::fs::write(
+            &ssh_config,
+            format!(
+                "Include {d}/conf.d/*.conf\n\
+                 Host web-* !web-bad\n  User deploy\n  IdentityFile {d}/enc\n  IdentityFile {d}/plain\n  IdentitiesOnly yes\n\
+                 Host web-prod web-bad\n  HostName 10.1.2.3\n  Port 2200\n\
+                 Match host 10.1.2.3\n  ConnectTimeout 7\n  ServerAliveInterval 15\n\
+                 Host *\n  UserKnownHostsFile {d}/kh\n  StrictHostKeyChecking accept-new\n"
+            ),
+        )
+        .unwrap();
+        let text = format!(
+            r#"{{"ssh_config_file": "{}", "ssh_config_hosts": ["web-*", "db*", "!db2"],
+                "defaults": {{"command_timeout": 9}},
+                "hosts": [{{"name": "web", "ssh_config_host": "web-prod", "port": 2201}}]}}"#,
+            ssh_config.display()
+        );
+        let cfg = parse(&text).unwrap();
+        let names: Vec<&str> = cfg.hosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["web", "db1", "web-prod", "web-bad"]);
+        for host in &cfg.hosts {
+            let alias = match &host.source {
+                HostSource::Imported { alias } | HostSource::SshConfig { alias } => alias,
+                other => panic!("{other:?}"),
+            };
+            let g = ssh_g(&ssh_config, alias);
+            let one = |k: &str| g[k][0].clone();
+            assert_eq!(host.hostname, one("hostname"), "{alias}");
+            assert_eq!(host.username, one("user"), "{alias}");
+            if host.name != "web" {
+                assert_eq!(host.port.to_string(), one("port"), "{alias}");
+            }
+            let kh: Vec<PathBuf> = one("userknownhostsfile")
+                .split(' ')
+                .map(PathBuf::from)
+                .collect();
+            assert_eq!(host.known_hosts_files[..kh.len()], kh[..], "{alias}");
+            assert_eq!(host.host_key_policy, HostKeyPolicy::AcceptNew);
+            assert_eq!(host.command_timeout, Duration::from_secs(9));
+            let timeout = match one("connecttimeout").as_str() {
+                "none" => DEFAULT_CONNECT_TIMEOUT,
+                secs => secs.parse().unwrap(),
+            };
+            assert_eq!(
+                host.connect_timeout,
+                Duration::from_secs(timeout),
+                "{alias}"
+            );
+        }
+        let web = cfg.host("web").unwrap();
+        assert_eq!(
+            web.port, 2201,
+            "a field written in hosts.json overrides ssh_config"
+        );
+        assert_eq!(
+            web.identities.files,
+            [dir.path().join("enc"), dir.path().join("plain")]
+        );
+        assert!(web.identities.only && !web.identities.required);
+        assert_eq!(web.keepalive_interval, Some(Duration::from_secs(15)));
+        assert_eq!(
+            web.source,
+            HostSource::SshConfig {
+                alias: "web-prod".into()
+            }
+        );
+        // Negated: web-bad gets neither the User nor the keys of `Host web-* !web-bad`.
+        let bad = cfg.host("web-bad").unwrap();
+        assert_ne!(bad.username, "deploy");
+        assert!(bad.identities.files.is_empty());
+        // The Include's db1: its ProxyJump resolved as ssh resolves web-prod.
+        let db1 = cfg.host("db1").unwrap();
+        assert_eq!(db1.hostname, "db1.internal");
+        let jump = db1.jump.as_ref().unwrap();
+        assert_eq!(
+            (jump.hostname.as_str(), jump.port, jump.username.as_str()),
+            ("10.1.2.3", 2200, "deploy")
+        );
+        assert_eq!(jump.source, HostSource::Hop);
+        assert_eq!(db1.route().as_deref(), Some("bastion web-prod"));
+    }
+
+    #[test]
+    fn proxy_jump_should_name_hosts_of_the_file_and_refuse_loops() {
+        let cfg = parse(
+            r#"{"hosts": [
+                {"name": "a", "hostname": "a.example", "username": "u", "identity_file": "/k/a"},
+                {"name": "b", "hostname": "b.example", "username": "u", "proxy_jump": "a"},
+                {"name": "t", "hostname": "t.internal", "username": "v", "identity_file": "/k/t",
+                 "proxy_jump": "b,ops@10.0.0.9:2222"}]}"#,
+        )
+        .unwrap();
+        let t = cfg.host("t").unwrap();
+        assert_eq!(
+            t.route().as_deref(),
+            Some("bastions a → b → ops@10.0.0.9:2222")
+        );
+        let last = t.jump.as_ref().unwrap();
+        // A user@host hop logs in with the target's keys.
+        assert_eq!((last.username.as_str(), last.port), ("ops", 2222));
+        assert_eq!(last.identities.files, [PathBuf::from("/k/t")]);
+        // b keeps its own route (through a), as the first hop of the chain.
+        let b = last.jump.as_ref().unwrap();
+        assert_eq!(b.name, "b");
+        assert_eq!(b.jump.as_ref().unwrap().name, "a");
+        assert!(cfg.host("t").unwrap().same_connection(t));
+
+        let err = |text: &str| parse(text).unwrap_err().to_string();
+        let e = err(
+            r#"{"hosts": [{"name": "t", "hostname": "h", "username": "u", "proxy_jump": "bastoin"}]}"#,
+        );
+        assert!(
+            e.contains("proxy_jump names \"bastoin\", which is not a host"),
+            "{e}"
+        );
+        let e = err(
+            r#"{"hosts": [{"name": "a", "hostname": "h", "username": "u", "proxy_jump": "b"},
+                                  {"name": "b", "hostname": "h", "username": "u", "proxy_jump": "a"}]}"#,
+        );
+        assert!(e.contains("proxy_jump loop: a → b → a"), "{e}");
+        let e = err(
+            r#"{"hosts": [{"name": "a", "hostname": "h", "username": "u", "proxy_jump": "x@y",
+                                   "proxy_command": "nc %h %p"}]}"#,
+        );
+        assert!(e.contains("cannot both be set"), "{e}");
     }
 
     #[test]
