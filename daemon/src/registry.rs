@@ -658,6 +658,17 @@ impl Registry {
         }
     }
 
+    /// A host, or else a bastion that is not a host of hosts.json (only to probe it: no
+    /// command runs on a bastion of that kind).
+    pub fn host_or_bastion(&self, name: &str) -> Result<Arc<HostEntry>, Error> {
+        self.host(name).or_else(|e| {
+            self.hops()
+                .into_iter()
+                .find(|hop| hop.name() == name)
+                .ok_or(e)
+        })
+    }
+
     /// The bastions that are not hosts of hosts.json, for `status`.
     pub fn hops(&self) -> Vec<Arc<HostEntry>> {
         lock(&self.hops).clone()

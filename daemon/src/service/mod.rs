@@ -307,7 +307,8 @@ impl pb::hosts_server::Hosts for Service {
     ) -> Result<Response<pb::ProbeReply>, Status> {
         self.refuse_when_shutting_down()?;
         let caller = self.registry.caller(peer(&req).map(|p| p.conn_id));
-        let host = self.registry.host(&req.into_inner().host)?;
+        // Bastions too, so that doctor can check every hop on the way to a host.
+        let host = self.registry.host_or_bastion(&req.into_inner().host)?;
         host.connection(&caller).await?;
         Ok(Response::new(pb::ProbeReply {
             host: Some(self.host_state(&host, &self.jobs.counts().2)),

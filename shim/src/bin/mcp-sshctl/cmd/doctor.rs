@@ -338,8 +338,8 @@ fn check_daemon_version(report: &mut Report, client: &DaemonClient) {
 }
 
 async fn check_hosts(report: &mut Report, client: &DaemonClient, reported: &HashSet<String>) {
-    let hosts = match client.hosts().list_hosts(pb::ListHostsRequest {}).await {
-        Ok(reply) => reply.into_inner().hosts,
+    let status = match client.daemon().status(pb::StatusRequest {}).await {
+        Ok(reply) => reply.into_inner(),
         Err(status) => {
             report.add(
                 Level::Fail,
@@ -350,14 +350,42 @@ async fn check_hosts(report: &mut Report, client: &DaemonClient, reported: &Hash
             return;
         }
     };
-    for host in hosts.iter().filter(|h| !reported.contains(&h.name)) {
-        check_host(report, client, host).await;
+    // Hop by hop: bastions first, then hosts reached directly, then those behind something, so
+    // a failing bastion is named on its own line with its own fix before the hosts behind it.
+    let mut hosts: Vec<(&str, &pb::HostState)> =
+        status.bastions.iter().map(|h| ("bastion", h)).collect();
+    let mut own: Vec<&pb::HostState> = status
+        .hosts
+        .iter()
+        .filter(|h| !reported.contains(&h.name))
+        .collect();
+    own.sort_by_key(|h| !h.route.is_empty());
+    hosts.extend(own.into_iter().map(|h| ("host", h)));
+    for (kind, host) in hosts {
+        check_host(report, client, kind, host).await;
     }
 }
 
-async fn check_host(report: &mut Report, client: &DaemonClient, host: &pb::HostState) {
-    let name = format!("host {}", host.name);
+async fn check_host(report: &mut Report, client: &DaemonClient, kind: &str, host: &pb::HostState) {
+    let name = format!("{kind} {}", host.name);
     let target = format!("{}:{}", host.hostname, host.port);
+    if host.route.is_empty()
+        && let Some(greeting) = check_port(report, &name, &target, host)
+    {
+        probe(report, client, &name, &target, host, &greeting).await;
+    } else if !host.route.is_empty() {
+        // Reached through a bastion or a command: only the daemon's own route can reach it.
+        probe(report, client, &name, &target, host, &Greeting::Ssh).await;
+    }
+}
+
+/// Greets the host's port as an SSH client would; `None` when that already failed (reported).
+fn check_port(
+    report: &mut Report,
+    name: &str,
+    target: &str,
+    host: &pb::HostState,
+) -> Option<Greeting> {
     let addr = match (host.hostname.as_str(), host.port as u16)
         .to_socket_addrs()
         .map(|mut a| a.next())
@@ -366,11 +394,11 @@ async fn check_host(report: &mut Report, client: &DaemonClient, host: &pb::HostS
         _ => {
             report.add(
                 Level::Fail,
-                &name,
+                name,
                 format!("cannot resolve {}", host.hostname),
                 Some("check hostname (cloud machines change IP on restart)".into()),
             );
-            return;
+            return None;
         }
     };
     let stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
@@ -378,26 +406,38 @@ async fn check_host(report: &mut Report, client: &DaemonClient, host: &pb::HostS
         Err(e) => {
             report.add(
                 Level::Fail,
-                &name,
+                name,
                 format!("TCP {target}: {e}"),
                 Some("check that the server is up and the port is right".into()),
             );
-            return;
+            return None;
         }
     };
     let greeting = greeting(stream);
     if let Greeting::NotSsh(said) = &greeting {
         report.add(
             Level::Fail,
-            &name,
+            name,
             format!("{target} answered but does not speak SSH ({said})"),
             Some(format!(
                 "is it the right port? An SSH server greets with \"SSH-2.0-…\"; check \"port\" (and \"hostname\") of {} in hosts.json",
                 host.name
             )),
         );
-        return;
+        return None;
     }
+    Some(greeting)
+}
+
+/// Asks the daemon to connect to the host (or bastion) and reports what happened.
+async fn probe(
+    report: &mut Report,
+    client: &DaemonClient,
+    name: &str,
+    target: &str,
+    host: &pb::HostState,
+    greeting: &Greeting,
+) {
     match client
         .hosts()
         .probe(pb::ProbeRequest {
@@ -407,19 +447,24 @@ async fn check_host(report: &mut Report, client: &DaemonClient, host: &pb::HostS
     {
         Ok(reply) => {
             let h = reply.into_inner().host.unwrap_or_default();
+            let via = if host.route.is_empty() {
+                String::new()
+            } else {
+                format!(" (via {})", host.route)
+            };
             report.add(
                 Level::Ok,
-                &name,
+                name,
                 format!(
-                    "{target}: host key {} known, login as {} works",
+                    "{target}{via}: host key {} known, login as {} works",
                     h.host_key_fingerprint, h.username
                 ),
                 None,
             );
         }
         Err(status) => {
-            let fix = probe_fix(&status, host, &greeting);
-            report.add(Level::Fail, &name, status.message().to_string(), Some(fix));
+            let fix = probe_fix(&status, host, greeting);
+            report.add(Level::Fail, name, status.message().to_string(), Some(fix));
         }
     }
 }
@@ -502,6 +547,23 @@ fn printable(line: &[u8]) -> String {
 fn probe_fix(status: &tonic::Status, host: &pb::HostState, greeting: &Greeting) -> String {
     let message = status.message();
     let (user, hostname, port) = (&host.username, &host.hostname, host.port);
+    if let Some(reason) = message
+        .split_once(" through bastion ")
+        .map(|(_, rest)| rest)
+    {
+        let bastion = reason.split_once(": ").map_or(reason, |(name, _)| name);
+        return if reason.contains("refuses TCP forwarding") {
+            format!(
+                "allow forwarding on bastion {bastion}: `AllowTcpForwarding yes` (and no PermitOpen that excludes {hostname}:{port}) in its sshd_config"
+            )
+        } else if reason.contains("could not connect to") || reason.contains("no answer within") {
+            format!(
+                "bastion {bastion} cannot reach {hostname}:{port}: check \"hostname\" and \"port\" as the bastion sees them (`ssh {bastion} nc -zv {hostname} {port}`)"
+            )
+        } else {
+            format!("fix bastion {bastion} first: its own line above says what failed and how to fix it")
+        };
+    }
     match status.code() {
         Code::Unauthenticated => format!(
             "the server refused every credential tried above: check that the public half of one \
