@@ -352,8 +352,10 @@ async fn check_hosts(report: &mut Report, client: &DaemonClient, reported: &Hash
     };
     // Hop by hop: bastions first, then hosts reached directly, then those behind something, so
     // a failing bastion is named on its own line with its own fix before the hosts behind it.
+    let mut bastions: Vec<&pb::HostState> = status.bastions.iter().collect();
+    bastions.sort_by_key(|h| !h.route.is_empty());
     let mut hosts: Vec<(&str, &pb::HostState)> =
-        status.bastions.iter().map(|h| ("bastion", h)).collect();
+        bastions.into_iter().map(|h| ("bastion", h)).collect();
     let mut own: Vec<&pb::HostState> = status
         .hosts
         .iter()
