@@ -563,7 +563,9 @@ fn probe_fix(status: &tonic::Status, host: &pb::HostState, greeting: &Greeting) 
                 "bastion {bastion} cannot reach {hostname}:{port}: check \"hostname\" and \"port\" as the bastion sees them (`ssh {bastion} nc -zv {hostname} {port}`)"
             )
         } else {
-            format!("fix bastion {bastion} first: its own line above says what failed and how to fix it")
+            format!(
+                "fix bastion {bastion} first: its own line above says what failed and how to fix it"
+            )
         };
     }
     match status.code() {
