@@ -117,6 +117,17 @@ disable_test_passwords() {
   done
 }
 
+# The bastion tests' network namespaces (mcpssh-PID-N), should a test have died before
+# deleting its own.
+remove_test_namespaces() {
+  local ns
+  command -v ip >/dev/null 2>&1 || return 0
+  for ns in $(ip netns list 2>/dev/null | cut -d' ' -f1 | grep '^mcpssh-' || true); do
+    ip netns delete "$ns" 2>/dev/null || true
+    rm -rf "/etc/netns/$ns"
+  done
+}
+
 if is_root && command -v flock >/dev/null 2>&1; then
   # Runs as root share the test users (and one password): one at a time. cargo does not inherit
   # the descriptor (9>&- below), so a process the tests leave behind cannot hold the lock.
@@ -144,27 +155,22 @@ if ! have_sshd || ! command -v ssh-keygen >/dev/null 2>&1; then
   fi
 fi
 
-# systemd's socket activator, for the service tests (the package does not start anything here).
-if ! command -v systemd-socket-activate >/dev/null 2>&1; then
+# A command some tests need, from its Debian package (installed when run as root, without
+# starting anything); what the tests use it for says the third argument.
+need() {
+  local command=$1 package=$2 why=$3
+  command -v "$command" >/dev/null 2>&1 && return 0
   if is_root && command -v apt-get >/dev/null 2>&1; then
-    echo "tests/run.sh: installing systemd (for systemd-socket-activate)"
-    bash tests/apt-install.sh systemd 9>&-
+    echo "tests/run.sh: installing $package ($why)"
+    bash tests/apt-install.sh "$package" 9>&-
   else
-    echo "tests/run.sh: the service tests need systemd-socket-activate (Debian/Ubuntu: sudo apt-get install -y systemd)" >&2
+    echo "tests/run.sh: $why needs $command (Debian/Ubuntu: sudo apt-get install -y $package)" >&2
     exit 1
   fi
-fi
-
-# curl, the real HTTP client the forwarding tests fetch through a forward with.
-if ! command -v curl >/dev/null 2>&1; then
-  if is_root && command -v apt-get >/dev/null 2>&1; then
-    echo "tests/run.sh: installing curl (the forwarding tests' HTTP client)"
-    bash tests/apt-install.sh curl 9>&-
-  else
-    echo "tests/run.sh: the forwarding tests need curl (Debian/Ubuntu: sudo apt-get install -y curl)" >&2
-    exit 1
-  fi
-fi
+}
+need systemd-socket-activate systemd "the service tests' socket activator"
+need curl curl "the forwarding tests' HTTP client"
+need ip iproute2 "the bastion tests' network namespaces"
 
 if is_root; then
   # Root logins are tested too, but a clean unprivileged login user is the common case
@@ -180,7 +186,7 @@ if is_root; then
   fi
   # From here on, however the run ends: '*' matches no password, yet (unlike a '!' lock, which
   # OpenSSH without PAM treats as a locked account) still lets the tests' own sshd take key logins.
-  trap disable_test_passwords EXIT
+  trap 'disable_test_passwords; remove_test_namespaces' EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
   trap 'exit 129' HUP
@@ -196,7 +202,10 @@ fi
 status=0
 cargo test --workspace --locked "$@" 9>&- || status=$?
 
-if is_root; then disable_test_passwords; fi
+if is_root; then
+  disable_test_passwords
+  remove_test_namespaces
+fi
 if ! check_harmless && [ "$status" = 0 ]; then
   status=1
 fi

@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod forwards;
+mod reach;
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -28,7 +29,7 @@ struct Args {
     #[arg(long, default_value = "target/bench/results.json")]
     json: PathBuf,
     /// Run only these sections (comma-separated: exec, startup, transfers, jobs, forwards,
-    /// concurrency, memory); all of them by default
+    /// reach, concurrency, memory); all of them by default
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -138,8 +139,12 @@ fn config_for(sshd: &Sshd, user: &str, aliases: usize) -> String {
             )
         })
         .collect();
-    // Quiet logs: the daemon's own logging is not what is measured.
-    hosts_json(&hosts).replace("\"DEBUG\"", "\"WARNING\"")
+    quiet_hosts_json(&hosts)
+}
+
+/// hosts.json for these hosts with quiet logs: the daemon's own logging is not what is measured.
+fn quiet_hosts_json(hosts: &[Value]) -> String {
+    hosts_json(hosts).replace("\"DEBUG\"", "\"WARNING\"")
 }
 
 async fn shim(daemon: &Daemon, name: &str) -> Shim {
@@ -757,6 +762,9 @@ async fn main() -> anyhow::Result<()> {
         forwards::forwards(&mut b, &daemon).await?;
     }
     drop(daemon);
+    if runs("reach") {
+        reach::reach(&mut b).await?;
+    }
     if runs("concurrency") {
         concurrency(&mut b).await?;
     }

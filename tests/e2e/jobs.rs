@@ -1042,8 +1042,15 @@ async fn forget_and_errors_should_be_clear() {
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("still running"), "{}", e.message());
     assert_plain(e.message());
-    assert!(Path::new(&running.remote_dir).is_dir());
-    assert!(!processes_matching(&format!("sleep 60.{token}")).is_empty());
+    // The supervisor makes the directory after the start answered.
+    assert!(eventually(Duration::from_secs(5), || Path::new(
+        &running.remote_dir
+    )
+    .is_dir()));
+    assert!(eventually(Duration::from_secs(5), || !processes_matching(
+        &format!("sleep 60.{token}")
+    )
+    .is_empty()));
     assert!(kill_job(&client, &running.id, "KILL").await.confirmed);
     let reply = forget_job(&client, &running.id).await.unwrap();
     assert!(reply.removed_remote);

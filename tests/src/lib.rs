@@ -8,6 +8,7 @@ pub mod agent;
 pub mod bins;
 pub mod daemon;
 pub mod http;
+pub mod netns;
 pub mod proxy;
 pub mod rpc;
 pub mod shim;
@@ -15,7 +16,8 @@ pub mod sshd;
 pub mod tasks;
 
 pub use daemon::Daemon;
-pub use sshd::{Sshd, SshdOptions, is_root, login_user, test_password};
+pub use netns::Netns;
+pub use sshd::{Place, Sshd, SshdOptions, is_root, login_user, test_password};
 
 /// Awaits futures concurrently, polling them together (so spawned shims really race), and
 /// returns their outputs in order.

@@ -5,6 +5,8 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -38,6 +40,34 @@ pub struct SshdOptions {
     pub file_size_limit_kib: Option<u64>,
     /// Extra lines appended to sshd_config.
     pub extra: String,
+    /// Which network namespace sshd runs in and is reached from.
+    pub place: Place,
+    /// `LogLevel DEBUG1` instead of `VERBOSE`: what a bastion forwards is logged only there.
+    pub debug_log: bool,
+}
+
+/// Where sshd runs: what it reaches for `direct-tcpip` is what its namespace reaches.
+#[derive(Debug, Clone, Default)]
+pub enum Place {
+    /// The tests' own namespace, listening on 127.0.0.1.
+    #[default]
+    Here,
+    /// Inside this namespace (a [`crate::netns::Netns`] name), listening on its 127.0.0.1:
+    /// reachable only from processes inside it.
+    Inside(String),
+    /// A bastion between two namespaces: it listens on 127.0.0.1 of `outside` (None: the
+    /// tests' own) and serves each connection with `sshd -i` inside `inside`.
+    Between {
+        outside: Option<String>,
+        inside: String,
+    },
+}
+
+/// The listener of a [`Place::Between`] sshd and the `sshd -i` it started per connection.
+struct Gateway {
+    stop: Arc<AtomicBool>,
+    sessions: Arc<Mutex<Vec<Child>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 pub struct Sshd {
@@ -47,6 +77,7 @@ pub struct Sshd {
     pub known_hosts: PathBuf,
     opts: SshdOptions,
     child: Option<Child>,
+    gateway: Option<Gateway>,
 }
 
 fn sshd_binary() -> PathBuf {
@@ -146,6 +177,7 @@ impl Sshd {
             dir,
             opts,
             child: None,
+            gateway: None,
         };
         for _ in 0..5 {
             sshd.port = free_port();
@@ -167,6 +199,17 @@ impl Sshd {
         let mut fields = public.split_whitespace();
         let (kind, key) = (fields.next().unwrap(), fields.next().unwrap());
         format!("[127.0.0.1]:{} {kind} {key}", self.port)
+    }
+
+    /// Adds this server's key to its known_hosts under `name` (a name only a bastion resolves).
+    pub fn trust_name(&self, name: &str) {
+        let line = self
+            .known_hosts_line()
+            .replacen("[127.0.0.1]", &format!("[{name}]"), 1);
+        let mut known = fs::read_to_string(&self.known_hosts).unwrap();
+        known.push_str(&line);
+        known.push('\n');
+        fs::write(&self.known_hosts, known).unwrap();
     }
 
     /// Adds this server's key to its known_hosts for another port of 127.0.0.1 (a proxy in
@@ -196,8 +239,13 @@ impl Sshd {
         let mut config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
              AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nSubsystem sftp internal-sftp\n\
-             LogLevel VERBOSE\nUseDNS no\nPermitRootLogin prohibit-password\n",
-            port = self.port
+             LogLevel {level}\nUseDNS no\nPermitRootLogin prohibit-password\n",
+            port = self.port,
+            level = if self.opts.debug_log {
+                "DEBUG1"
+            } else {
+                "VERBOSE"
+            },
         );
         if let Some(n) = self.opts.max_sessions {
             config.push_str(&format!("MaxSessions {n}\n"));
@@ -214,6 +262,9 @@ impl Sshd {
     /// Starts sshd on `self.port`; false when the port was taken.
     fn spawn(&mut self) -> bool {
         self.write_config();
+        if let Place::Between { outside, inside } = self.opts.place.clone() {
+            return self.spawn_gateway(outside, inside);
+        }
         let log = self.log_path();
         let before = fs::read_to_string(&log).map(|t| t.len()).unwrap_or(0);
         let mut command = match self.opts.file_size_limit_kib {
@@ -227,6 +278,12 @@ impl Sshd {
             }
             None => Command::new(sshd_binary()),
         };
+        if let Place::Inside(ns) = &self.opts.place {
+            let program = command.get_program().to_owned();
+            let args: Vec<_> = command.get_args().map(|a| a.to_owned()).collect();
+            command = Command::new("ip");
+            command.args(["netns", "exec", ns]).arg(program).args(args);
+        }
         let child = command
             .arg("-D")
             .arg("-f")
@@ -261,9 +318,111 @@ impl Sshd {
         );
     }
 
+    /// Listens on 127.0.0.1:`self.port` (any port when 0) of `outside` and serves each
+    /// connection with `sshd -i` inside `inside`. Binding happens on a thread of its own that
+    /// enters `outside` first: a network namespace is a per-thread setting.
+    fn spawn_gateway(&mut self, outside: Option<String>, inside: String) -> bool {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sessions: Arc<Mutex<Vec<Child>>> = Arc::default();
+        let (bound, port) = std::sync::mpsc::channel();
+        let wanted = self.port;
+        let serve = (stop.clone(), sessions.clone());
+        let command = (sshd_binary(), self.config_path(), self.log_path());
+        let thread = std::thread::spawn(move || {
+            if let Some(ns) = outside {
+                let file = fs::File::open(Path::new("/run/netns").join(&ns)).unwrap();
+                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            }
+            let listener = match std::net::TcpListener::bind(("127.0.0.1", wanted)) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = bound.send(None);
+                    return;
+                }
+            };
+            let _ = bound.send(listener.local_addr().ok().map(|a| a.port()));
+            listener.set_nonblocking(true).unwrap();
+            let (stop, sessions) = serve;
+            let (sshd, config, log) = command;
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((socket, _)) = listener.accept() else {
+                    lock(&sessions).retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                socket.set_nonblocking(false).unwrap();
+                let input = socket.try_clone().unwrap();
+                let session = Command::new("ip")
+                    .args(["netns", "exec", &inside])
+                    .arg(&sshd)
+                    .arg("-i")
+                    .arg("-f")
+                    .arg(&config)
+                    .arg("-E")
+                    .arg(&log)
+                    .stdin(Stdio::from(std::os::fd::OwnedFd::from(input)))
+                    .stdout(Stdio::from(std::os::fd::OwnedFd::from(socket)))
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("cannot run sshd -i");
+                lock(&sessions).push(session);
+            }
+        });
+        match port.recv().ok().flatten() {
+            Some(port) => {
+                self.port = port;
+                self.gateway = Some(Gateway {
+                    stop,
+                    sessions,
+                    thread: Some(thread),
+                });
+                true
+            }
+            None => {
+                let _ = thread.join();
+                false
+            }
+        }
+    }
+
+    /// The processes serving connections: sshd's children, or a gateway's `sshd -i`s.
+    fn connection_pids(&self) -> Vec<u32> {
+        match (&self.child, &self.gateway) {
+            (Some(child), _) => descendants(child.id()),
+            (None, Some(gateway)) => lock(&gateway.sessions)
+                .iter()
+                .flat_map(|c| std::iter::once(c.id()).chain(descendants(c.id())))
+                .collect(),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// Kills every connection sshd serves, leaving the listener: the peer sees them drop.
+    pub fn kill_connections(&self) {
+        for pid in self.connection_pids() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
     /// Kills sshd and every connection it serves (as a crash or reboot would; a plain restart of
     /// the listener would leave the per-connection processes, which run in their own sessions).
     pub fn kill(&mut self) {
+        if let Some(mut gateway) = self.gateway.take() {
+            gateway.stop.store(true, Ordering::Relaxed);
+            if let Some(thread) = gateway.thread.take() {
+                let _ = thread.join();
+            }
+            self.gateway = Some(gateway);
+            self.kill_connections();
+            if let Some(gateway) = self.gateway.take() {
+                for mut child in lock(&gateway.sessions).drain(..) {
+                    let _ = child.wait();
+                }
+            }
+        }
         if let Some(mut child) = self.child.take() {
             for pid in descendants(child.id()) {
                 let _ = nix::sys::signal::kill(
@@ -279,10 +438,8 @@ impl Sshd {
     /// Sends `signal` to every process serving a connection (not to the listener): SIGSTOP
     /// makes the network look black-holed, SIGCONT brings it back.
     pub fn signal_connections(&self, signal: nix::sys::signal::Signal) {
-        if let Some(child) = &self.child {
-            for pid in descendants(child.id()) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
-            }
+        for pid in self.connection_pids() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
         }
     }
 
@@ -389,4 +546,10 @@ fn descendants(root: u32) -> Vec<u32> {
     }
     found.remove(0);
     found
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -2,7 +2,7 @@
 //! host key, authenticate, then hand out channels within the host's session budget.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -143,11 +143,10 @@ impl client::Handler for Handler {
             Verdict::Unknown => SshError::HostKeyUnknown {
                 host: host.name.clone(),
                 target: host.target(),
-                hostname: host.hostname.clone(),
-                port: host.port,
                 algorithm,
                 fingerprint,
                 ssh_command: ssh_command(host),
+                keyscan: keyscan_command(host),
                 known_hosts: known_hosts::primary_file(&host.known_hosts_files)
                     .display()
                     .to_string(),
@@ -318,6 +317,8 @@ pub struct Connection {
     _bastion: Option<Carried>,
     /// Connections running through this one (it is their bastion).
     carried: AtomicU32,
+    /// Whether [`Connection::ask_for_nodelay`] ran.
+    nodelay_asked: AtomicBool,
 }
 
 /// A bastion's connection, counted as carrying one more connection while held.
@@ -548,14 +549,27 @@ impl Connection {
             "TCP connect"
         };
         let stage = Arc::new(Mutex::new(first));
+        let bastion_name = bastion.as_ref().map(|b| b.host_name().to_string());
+        let address = format!("{}:{}", host.hostname, host.port);
         let attempt = Self::open_inner(host, audit, agents, bastion, stage.clone());
         match tokio::time::timeout(deadline, attempt).await {
             Ok(result) => result,
-            Err(_) => Err(SshError::ConnectTimeout {
-                target,
-                secs: deadline.as_secs(),
-                stage: *lock(&stage),
-            }),
+            Err(_) => match bastion_name {
+                // Still waiting for the bastion's channel: the bastion could not connect onwards.
+                Some(bastion) if *lock(&stage) == first => Err(SshError::Jump {
+                    target,
+                    bastion,
+                    reason: format!(
+                        "no answer within {} s: the bastion could not connect to {address} (connect_timeout)",
+                        deadline.as_secs()
+                    ),
+                }),
+                _ => Err(SshError::ConnectTimeout {
+                    target,
+                    secs: deadline.as_secs(),
+                    stage: *lock(&stage),
+                }),
+            },
         }
     }
 
@@ -649,6 +663,7 @@ impl Connection {
             _proxy: proxy,
             _bastion: bastion.map(Carried::new),
             carried: AtomicU32::new(0),
+            nodelay_asked: AtomicBool::new(false),
         })
     }
 
@@ -658,6 +673,35 @@ impl Connection {
 
     pub(super) fn handle(&self) -> &Handle<Handler> {
         &self.handle
+    }
+
+    /// Once per connection, in the background: a session that runs `exit`. OpenSSH's sshd turns
+    /// Nagle's algorithm off on a connection only when a session there starts a command; on a
+    /// connection that only relays (a bastion, a forward) what it relays back then arrives in
+    /// small writes, each held until our delayed ACK: about 40 ms per command behind a bastion.
+    /// Nothing waits for it, and a host that refuses it loses nothing.
+    pub(super) fn ask_for_nodelay(&self) {
+        if self.nodelay_asked.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let handle = self.handle.clone();
+        let (name, within) = (self.host.name.clone(), self.host.connect_timeout);
+        tokio::spawn(async move {
+            let session = async {
+                let channel = handle.channel_open_session().await?;
+                channel.exec(false, "exit").await?;
+                channel.close().await
+            };
+            match tokio::time::timeout(within, session).await {
+                Ok(Ok(())) => tracing::debug!(host = %name, "asked sshd for TCP_NODELAY"),
+                Ok(Err(e)) => tracing::debug!(
+                    host = %name,
+                    "no session to turn Nagle off: {}",
+                    describe_russh_error(&e)
+                ),
+                Err(_) => tracing::debug!(host = %name, "no session to turn Nagle off in time"),
+            }
+        });
     }
 
     pub(super) fn remote_forwards(&self) -> &super::forward::RemoteTable {
@@ -909,14 +953,44 @@ fn has_aes_instructions() -> bool {
     }
 }
 
-/// The `ssh` command line that would add this host's key to known_hosts.
+/// The `ssh` command line that would add this host's key to known_hosts, through its bastions
+/// as `ssh -J` reaches them.
 fn ssh_command(host: &HostConfig) -> String {
+    format!("ssh {}{}", jump_option(host), address(host))
+}
+
+/// `ssh-keyscan` for this host, run on its last bastion when it has one: only that reaches it.
+fn keyscan_command(host: &HostConfig) -> String {
+    let scan = format!("ssh-keyscan -p {} {}", host.port, host.hostname);
+    match &host.jump {
+        Some(bastion) => format!("ssh {}{} {scan}", jump_option(bastion), address(bastion)),
+        None => scan,
+    }
+}
+
+/// `[-p PORT ]user@host`, as `ssh` takes it.
+fn address(host: &HostConfig) -> String {
     let port = if host.port == 22 {
         String::new()
     } else {
         format!("-p {} ", host.port)
     };
-    format!("ssh {port}{}@{}", host.username, host.hostname)
+    format!("{port}{}@{}", host.username, host.hostname)
+}
+
+/// `-J user@host:port,… ` for the bastions `host` is reached through (first first), or nothing.
+fn jump_option(host: &HostConfig) -> String {
+    let mut hops = Vec::new();
+    let mut at = host.jump.as_deref();
+    while let Some(hop) = at {
+        hops.push(format!("{}@{}:{}", hop.username, hop.hostname, hop.port));
+        at = hop.jump.as_deref();
+    }
+    if hops.is_empty() {
+        return String::new();
+    }
+    hops.reverse();
+    format!("-J {} ", hops.join(","))
 }
 
 /// Why the connection's proxy command, if it has one, is no use.

@@ -81,6 +81,7 @@ impl Connection {
     ) -> Result<RemoteStream, SshError> {
         let host = self.host();
         let to = format!("{to_host}:{to_port}");
+        self.ask_for_nodelay();
         let open = self.handle().channel_open_direct_tcpip(
             to_host,
             u32::from(to_port),

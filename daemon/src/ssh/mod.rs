@@ -48,17 +48,17 @@ pub enum SshError {
     },
     #[error(
         "host key of {host} ({target}) is not known: the server offered {algorithm} key {fingerprint}. \
-         If you trust it, add it by connecting once with `{ssh_command}` (or `ssh-keyscan -p {port} {hostname} >> {known_hosts}`), \
+         If you trust it, add it by connecting once with `{ssh_command}` (or `{keyscan} >> {known_hosts}`), \
          or set \"host_key_policy\": \"accept-new\" for this host to trust its first key (a changed key is still refused)"
     )]
     HostKeyUnknown {
         host: String,
         target: String,
-        hostname: String,
-        port: u16,
         algorithm: String,
         fingerprint: String,
         ssh_command: String,
+        /// `ssh-keyscan` for the host, run where it is reachable from.
+        keyscan: String,
         known_hosts: String,
     },
     #[error(
