@@ -308,10 +308,9 @@ async fn a_bastion_that_cannot_reach_the_host_should_give_up_at_the_deadline() {
     inside.black_hole("10.77.0.1/24", "10.77.0.2");
     let jump = bastion(None, &inside);
     let user = login_user();
-    let mut lost = json!({ "name": "lost", "hostname": "10.77.0.2", "port": 22, "username": user,
+    let lost = json!({ "name": "lost", "hostname": "10.77.0.2", "port": 22, "username": user,
         "identity_file": jump.client_key, "known_hosts_file": jump.known_hosts,
         "proxy_jump": "jump", "connect_timeout": 2 });
-    lost["connect_timeout"] = 2.into();
     let daemon = Daemon::start(&hosts_json(&[jump.host("jump", &user), lost]));
     let client = daemon.client().await;
     let started = Instant::now();

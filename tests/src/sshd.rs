@@ -203,11 +203,16 @@ impl Sshd {
 
     /// Adds this server's key to its known_hosts under `name` (a name only a bastion resolves).
     pub fn trust_name(&self, name: &str) {
-        let line = self
-            .known_hosts_line()
-            .replacen("[127.0.0.1]", &format!("[{name}]"), 1);
+        self.add_known_host(&self.known_hosts_line().replacen(
+            "[127.0.0.1]",
+            &format!("[{name}]"),
+            1,
+        ));
+    }
+
+    fn add_known_host(&self, line: &str) {
         let mut known = fs::read_to_string(&self.known_hosts).unwrap();
-        known.push_str(&line);
+        known.push_str(line);
         known.push('\n');
         fs::write(&self.known_hosts, known).unwrap();
     }
@@ -220,10 +225,7 @@ impl Sshd {
             &format!("]:{port} "),
             1,
         );
-        let mut known = fs::read_to_string(&self.known_hosts).unwrap();
-        known.push_str(&line);
-        known.push('\n');
-        fs::write(&self.known_hosts, known).unwrap();
+        self.add_known_host(&line);
     }
 
     fn config_path(&self) -> PathBuf {
@@ -326,8 +328,8 @@ impl Sshd {
         let sessions: Arc<Mutex<Vec<Child>>> = Arc::default();
         let (bound, port) = std::sync::mpsc::channel();
         let wanted = self.port;
-        let serve = (stop.clone(), sessions.clone());
-        let command = (sshd_binary(), self.config_path(), self.log_path());
+        let (stopping, started) = (stop.clone(), sessions.clone());
+        let (sshd, config, log) = (sshd_binary(), self.config_path(), self.log_path());
         let thread = std::thread::spawn(move || {
             if let Some(ns) = outside {
                 let file = fs::File::open(Path::new("/run/netns").join(&ns)).unwrap();
@@ -342,11 +344,9 @@ impl Sshd {
             };
             let _ = bound.send(listener.local_addr().ok().map(|a| a.port()));
             listener.set_nonblocking(true).unwrap();
-            let (stop, sessions) = serve;
-            let (sshd, config, log) = command;
-            while !stop.load(Ordering::Relaxed) {
+            while !stopping.load(Ordering::Relaxed) {
                 let Ok((socket, _)) = listener.accept() else {
-                    lock(&sessions).retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+                    lock(&started).retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
                 };
@@ -365,7 +365,7 @@ impl Sshd {
                     .stderr(Stdio::null())
                     .spawn()
                     .expect("cannot run sshd -i");
-                lock(&sessions).push(session);
+                lock(&started).push(session);
             }
         });
         match port.recv().ok().flatten() {
@@ -399,37 +399,26 @@ impl Sshd {
 
     /// Kills every connection sshd serves, leaving the listener: the peer sees them drop.
     pub fn kill_connections(&self) {
-        for pid in self.connection_pids() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        self.signal_connections(nix::sys::signal::Signal::SIGKILL);
     }
 
     /// Kills sshd and every connection it serves (as a crash or reboot would; a plain restart of
     /// the listener would leave the per-connection processes, which run in their own sessions).
     pub fn kill(&mut self) {
-        if let Some(mut gateway) = self.gateway.take() {
+        // A gateway's listener first, so that no new connection is served meanwhile.
+        if let Some(gateway) = &mut self.gateway {
             gateway.stop.store(true, Ordering::Relaxed);
             if let Some(thread) = gateway.thread.take() {
                 let _ = thread.join();
             }
-            self.gateway = Some(gateway);
-            self.kill_connections();
-            if let Some(gateway) = self.gateway.take() {
-                for mut child in lock(&gateway.sessions).drain(..) {
-                    let _ = child.wait();
-                }
+        }
+        self.kill_connections();
+        if let Some(gateway) = self.gateway.take() {
+            for mut child in lock(&gateway.sessions).drain(..) {
+                let _ = child.wait();
             }
         }
         if let Some(mut child) = self.child.take() {
-            for pid in descendants(child.id()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
             let _ = child.kill();
             let _ = child.wait();
         }
