@@ -57,6 +57,9 @@ pub struct Record {
     pub remote_path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch: Option<BatchRef>,
+    /// The call over many hosts (ssh_execute_many) this command was one host of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fanout: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]

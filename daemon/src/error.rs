@@ -61,7 +61,14 @@ impl From<SshError> for Error {
 
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
-        let code = match &e {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+impl Error {
+    /// The gRPC status code this error is sent with.
+    pub fn code(&self) -> Code {
+        match self {
             Error::UnknownHost { .. } => Code::NotFound,
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::Refused { .. } => Code::PermissionDenied,
@@ -84,7 +91,9 @@ impl From<Error> for Status {
                 | SshError::IdentityUnreadable { .. }
                 | SshError::LoginShell { .. } => Code::FailedPrecondition,
                 SshError::AuthFailed { .. } => Code::Unauthenticated,
-                SshError::ChannelOpen { .. } => Code::ResourceExhausted,
+                SshError::ChannelOpen { .. } | SshError::FileLimit { .. } => {
+                    Code::ResourceExhausted
+                }
                 SshError::Forward { .. } => Code::FailedPrecondition,
                 SshError::ForwardProhibited { .. } => Code::PermissionDenied,
                 SshError::InactivityTimeout { .. } | SshError::HostTimeout { .. } => {
@@ -100,7 +109,36 @@ impl From<Error> for Status {
                     TransferKind::Other => Code::Internal,
                 },
             },
-        };
-        Status::new(code, e.to_string())
+        }
+    }
+}
+
+impl Error {
+    /// What kind of failure this is, in a word or two, for calls over many hosts to fold hosts
+    /// that failed alike. "connection lost" is kept apart: the command may have run.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Refused { .. } => "refused",
+            Error::Unreachable { .. } | Error::ShuttingDown => "unreachable",
+            Error::Ssh(ssh) => match ssh.as_ref() {
+                SshError::Connect { .. }
+                | SshError::ProxyCommand { .. }
+                | SshError::Jump { .. }
+                | SshError::ConnectTimeout { .. }
+                | SshError::Protocol { .. } => "unreachable",
+                SshError::ConnectionLost { .. } => "connection lost",
+                SshError::HostKeyUnknown { .. }
+                | SshError::HostKeyChanged { .. }
+                | SshError::HostKeyRevoked { .. } => "host key",
+                SshError::AuthFailed { .. }
+                | SshError::IdentityNotFound(_)
+                | SshError::IdentityUnreadable { .. } => "authentication",
+                SshError::InactivityTimeout { .. } | SshError::HostTimeout { .. } => "timed out",
+                SshError::Cancelled { .. } => "cancelled",
+                SshError::FileLimit { .. } => "file limit",
+                _ => "error",
+            },
+            _ => "error",
+        }
     }
 }

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod config;
 pub mod error;
+pub mod fds;
 pub mod forwards;
 pub mod jobs;
 pub mod listener;
@@ -12,6 +13,7 @@ pub mod registry;
 pub mod service;
 pub mod ssh;
 pub mod ssh_config;
+mod startups;
 mod state_file;
 mod sync;
 

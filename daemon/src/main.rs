@@ -96,6 +96,8 @@ fn real_main() -> anyhow::Result<()> {
         .unwrap_or("info");
     init_logging(level, args.log_file.as_deref())?;
     let config = config?;
+    let files = mcp_ssh_daemon::fds::raise_limit();
+    tracing::debug!("open-file limit {files}");
     // Socket activation (systemd): LISTEN_FDS / LISTEN_PID name fd 3.
     let activated = listenfd::ListenFd::from_env()
         .take_unix_listener(0)

@@ -16,6 +16,7 @@ use crate::ssh::connection::OpenChannel;
 use crate::ssh::pending::{PendingStore, PendingTemps};
 use crate::ssh::transfer::{self, Progress, TransferOutcome, TransferSpec};
 use crate::ssh::{self, Connection, ExecOutcome, ExecRequest, Output};
+use crate::startups;
 use crate::sync::lock;
 
 /// Connection state as shown to users.
@@ -255,6 +256,17 @@ impl HostEntry {
             }
             _ => None,
         };
+        // Waiting here is pacing, not the host being slow: it does not count in connect_timeout.
+        let _startup = startups::permit(config).await;
+        if config.jump.is_none()
+            && let Some((open, limit)) = crate::fds::no_room()
+        {
+            return Err(ssh::SshError::FileLimit {
+                target: config.target(),
+                open,
+                limit,
+            });
+        }
         Connection::open(config.clone(), self.audit.clone(), &self.agents, bastion).await
     }
 
@@ -492,6 +504,11 @@ pub struct Settings {
     pub warnings: Vec<String>,
     pub max_output_bytes: u32,
     pub job_retention: Duration,
+    pub groups: crate::config::Groups,
+    /// The hosts' names in hosts.json order (calls over many hosts keep it).
+    pub host_order: Vec<String>,
+    /// Hosts one call over many hosts works on at once.
+    pub fanout: u32,
     /// 1 for the configuration loaded at startup, +1 per successful reload.
     pub generation: u64,
     pub loaded_at: SystemTime,
@@ -563,9 +580,16 @@ impl Registry {
         });
         audit.set_secrets(passwords(&config));
         let settings = Settings {
-            warnings: config.warnings,
+            warnings: config
+                .warnings
+                .into_iter()
+                .chain(crate::fds::warning(config.hosts.len()))
+                .collect(),
             max_output_bytes: config.max_output_bytes,
             job_retention: config.job_retention,
+            groups: config.groups,
+            host_order: config.hosts.iter().map(|h| h.name.clone()).collect(),
+            fanout: config.fanout,
             generation: 1,
             loaded_at: SystemTime::now(),
             reload_error: None,
@@ -730,6 +754,7 @@ impl Registry {
         };
         // New passwords are scrubbed before anything can mention them.
         self.audit.set_secrets(passwords(&config));
+        let host_order: Vec<String> = config.hosts.iter().map(|h| h.name.clone()).collect();
         let mut summary = ReloadSummary::default();
         let mut next = BTreeMap::new();
         {
@@ -767,6 +792,7 @@ impl Registry {
         self.link_bastions();
         let mut settings = lock(&self.settings);
         let mut warnings = config.warnings;
+        warnings.extend(crate::fds::warning(host_order.len()));
         if config.log_level != settings.log_level {
             warnings.push("log_level changes take effect when mcp-sshd restarts".into());
         }
@@ -776,6 +802,9 @@ impl Registry {
         settings.warnings = warnings.clone();
         settings.max_output_bytes = config.max_output_bytes;
         settings.job_retention = config.job_retention;
+        settings.groups = config.groups;
+        settings.host_order = host_order;
+        settings.fanout = config.fanout;
         settings.generation += 1;
         settings.loaded_at = SystemTime::now();
         settings.reload_error = None;

@@ -16,6 +16,7 @@ mod doctor;
 mod errors;
 mod faults;
 mod first_minutes;
+mod fleets;
 mod forwards;
 mod jobs;
 mod jobs_mcp;

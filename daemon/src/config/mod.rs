@@ -18,7 +18,10 @@ use crate::policy::CommandPolicy;
 use crate::ssh_config::{self, SshConfigFile};
 use serde::Deserialize;
 
+pub mod groups;
 pub mod jump;
+
+pub use groups::Groups;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -98,6 +101,18 @@ struct RawConfig {
     /// The hosts the AI may reach.
     #[serde(default)]
     hosts: Vec<RawHost>,
+    /// Named sets of hosts for ssh_execute_many and `mcp-sshctl exec @NAME`: host names, glob
+    /// patterns over them ("gpu-*") and other groups ("@gpus").
+    #[serde(default)]
+    groups: std::collections::BTreeMap<String, Vec<String>>,
+    /// How many hosts one call over many hosts works on at once.
+    #[serde(default = "default_fanout")]
+    #[schemars(range(min = 1, max = 1024))]
+    fanout: u32,
+}
+
+fn default_fanout() -> u32 {
+    32
 }
 
 /// Per-host settings given once for all hosts (a host's own value, or its ssh_config's,
@@ -343,6 +358,9 @@ pub struct Config {
     /// How long finished jobs are kept.
     pub job_retention: Duration,
     pub hosts: Vec<HostConfig>,
+    pub groups: Groups,
+    /// Hosts one call over many hosts works on at once.
+    pub fanout: u32,
     /// Problems worth telling the user about that do not stop the daemon.
     pub warnings: Vec<String>,
 }
@@ -595,6 +613,20 @@ impl Config {
             built.push(host);
         }
         let hosts = builder.link_jumps(built).map_err(invalid)?;
+        if !(1..=1024).contains(&raw.fanout) {
+            return Err(invalid(format!(
+                "fanout must be between 1 and 1024, not {}",
+                raw.fanout
+            )));
+        }
+        let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+        let groups =
+            Groups::resolve(&raw.groups, &names).map_err(|(message, member)| {
+                match member.and_then(|m| groups::locate(text, &m)) {
+                    Some(at) => invalid(format!("{message} ({at})")),
+                    None => invalid(message),
+                }
+            })?;
         Ok(Config {
             path: path.to_path_buf(),
             log_level: raw.log_level,
@@ -602,6 +634,8 @@ impl Config {
             max_output_bytes: u32::try_from(raw.max_output_bytes).unwrap_or(u32::MAX),
             job_retention,
             hosts,
+            groups,
+            fanout: raw.fanout,
             warnings: Vec::new(),
         })
     }

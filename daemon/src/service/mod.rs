@@ -1,27 +1,27 @@
 //! The gRPC services: the only place that converts between protobuf types and the daemon's own.
 
+mod exec;
 mod files;
 mod forwards;
 mod jobs;
 
+pub(crate) use exec::{authorize, check_command, command_record};
+
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use mcp_ssh_proto::pb::{self, run_event};
+use mcp_ssh_proto::pb;
 use mcp_ssh_proto::version::{self, PROTO_MAJOR, PROTO_MINOR};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::audit::{Audit, BatchRef, ClientRef, Record};
-use crate::config::HostConfig;
 use crate::error::Error;
 use crate::forwards::Forwards;
 use crate::jobs::Jobs;
 use crate::listener::PeerInfo;
-use crate::registry::{ClientRecord, ConnState, HostEntry, HostSnapshot, Registry, millis};
-use crate::ssh::{ExecRequest, Output, SshError};
+use crate::registry::{ClientRecord, ConnState, HostEntry, HostSnapshot, Registry};
 
 /// The tonic servers of every service, in the order `lib.rs` adds them.
 pub type Servers = (
@@ -298,7 +298,17 @@ impl pb::hosts_server::Hosts for Service {
             .iter()
             .map(|h| self.host_state(h, &per_host))
             .collect();
-        Ok(Response::new(pb::ListHostsReply { hosts }))
+        let groups = self
+            .registry
+            .settings()
+            .groups
+            .iter()
+            .map(|(name, hosts)| pb::HostGroup {
+                name: name.clone(),
+                hosts: hosts.clone(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListHostsReply { hosts, groups }))
     }
 
     async fn probe(
@@ -333,207 +343,4 @@ impl pb::hosts_server::Hosts for Service {
             interrupted_calls: busy,
         }))
     }
-}
-
-#[tonic::async_trait]
-impl pb::exec_server::Exec for Service {
-    type RunStream = ReceiverStream<Result<pb::RunEvent, Status>>;
-
-    async fn run(&self, req: Request<pb::RunRequest>) -> Result<Response<Self::RunStream>, Status> {
-        self.refuse_when_shutting_down()?;
-        let conn_id = peer(&req).map(|p| p.conn_id);
-        let caller = self.registry.caller(conn_id);
-        let req = req.into_inner();
-        let host = self.registry.host(&req.host)?;
-        check_command(&req.command, &req.cwd)?;
-        // One view of the host's settings for the whole call, even if a reload lands meanwhile.
-        let config = host.config();
-        let audit = self.registry.audit.clone();
-        let batch = req.batch.map(|b| BatchRef {
-            id: b.id,
-            index: b.index,
-            size: b.size,
-        });
-        let record = |action, outcome| Record {
-            action,
-            outcome,
-            batch: batch.clone(),
-            ..command_record(&config, &caller, &req.command, &req.cwd)
-        };
-        let command = authorize(&audit, &config, &req.command, record("command", "refused"))?;
-        tracing::debug!(host = %config.name, command = %audit.scrub(&command), "exec");
-        audit.record(record("command_started", "started"));
-        let finished = record("command_finished", "ok");
-        let idle_timeout = match req.timeout_secs {
-            0 => config.command_timeout,
-            secs => Duration::from_secs(u64::from(secs)),
-        };
-        let exec = ExecRequest {
-            command,
-            cwd: (!req.cwd.is_empty()).then_some(req.cwd),
-            idle_timeout,
-        };
-        let shutdown = self.registry.shutdown_now.clone();
-        let (tx, rx) = mpsc::channel(32);
-        let in_flight = self.registry.call_started();
-        let registry = self.registry.clone();
-        tokio::spawn(async move {
-            let _in_flight = in_flight;
-            let started = std::time::Instant::now();
-            let (result, bytes) = forward_exec(&host, &caller, &exec, &shutdown, &tx).await;
-            let mut finished = Record {
-                bytes: Some(bytes),
-                duration_ms: Some(millis(started.elapsed())),
-                ..finished
-            };
-            let last = match result {
-                Ok(outcome) => {
-                    finished.exit_code = outcome.code;
-                    finished.signal = outcome.signal.clone();
-                    Ok(pb::RunEvent {
-                        event: Some(run_event::Event::Exit(pb::Exit {
-                            code: outcome.code,
-                            signal: outcome.signal.unwrap_or_default(),
-                            core_dumped: outcome.core_dumped,
-                            duration_ms: millis(outcome.duration),
-                        })),
-                    })
-                }
-                Err(e) => {
-                    finished.outcome = "error";
-                    finished.error = Some(e.to_string());
-                    if let Error::Ssh(ssh) = &e
-                        && let SshError::Cancelled { stop, .. } = ssh.as_ref()
-                    {
-                        // The stream ends the same way when the client cancels the call and when
-                        // the client itself is gone; its socket connection tells them apart.
-                        finished.outcome = "cancelled";
-                        let client = conn_id.and_then(|id| registry.client_for_connection(id));
-                        finished.error = Some(match client {
-                            Some(c) => format!("cancelled by {} (pid {}): {stop}", c.name, c.pid),
-                            None if shutdown.is_cancelled() => {
-                                format!("stopped: mcp-sshd is shutting down: {stop}")
-                            }
-                            None => format!("the client disconnected during the call: {stop}"),
-                        });
-                    }
-                    Err(Status::from(e))
-                }
-            };
-            audit.record(finished);
-            let _ = tx.send(last).await;
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-}
-
-/// The audit record of a command (or job) `caller` asked `config`'s host to run; callers set
-/// `action` and `outcome`.
-pub(crate) fn command_record(
-    config: &HostConfig,
-    caller: &Option<ClientRef>,
-    command: &str,
-    cwd: &str,
-) -> Record {
-    Record {
-        host: Some(config.name.clone()),
-        client: caller.clone(),
-        command: Some(command.to_string()),
-        cwd: (!cwd.is_empty()).then(|| cwd.to_string()),
-        ..Record::default()
-    }
-}
-
-/// Refuses commands and working directories no shell could be given.
-pub(crate) fn check_command(command: &str, cwd: &str) -> Result<(), Status> {
-    if command.trim().is_empty() {
-        return Err(Error::InvalidArgument("command must not be empty".into()).into());
-    }
-    if command.contains('\0') || cwd.contains('\0') {
-        return Err(
-            Error::InvalidArgument("command and cwd must not contain NUL bytes".into()).into(),
-        );
-    }
-    Ok(())
-}
-
-/// `allowed_commands`: the one check every command passes, however it reaches a host (exec,
-/// jobs). Returns what to send: the command re-quoted from its parsed words when the host has a
-/// policy. A refusal is audited as `refused`, completed with the error.
-pub(crate) fn authorize(
-    audit: &Audit,
-    config: &HostConfig,
-    command: &str,
-    refused: Record,
-) -> Result<String, Status> {
-    let Some(policy) = &config.policy else {
-        return Ok(command.to_string());
-    };
-    policy.check(command).map_err(|refusal| {
-        let error = Error::Refused {
-            host: config.name.clone(),
-            reason: refusal.to_string(),
-            allowed: policy.describe(),
-        };
-        audit.record(Record {
-            error: Some(error.to_string()),
-            ..refused
-        });
-        error.into()
-    })
-}
-
-/// Runs the command and forwards its output to the caller's stream as it arrives. If the caller
-/// goes away, closes the output channel so the command sees it and is stopped remotely.
-/// Returns the outcome and the number of output bytes.
-async fn forward_exec(
-    host: &HostEntry,
-    caller: &Option<ClientRef>,
-    exec: &ExecRequest,
-    shutdown: &tokio_util::sync::CancellationToken,
-    tx: &mpsc::Sender<Result<pb::RunEvent, Status>>,
-) -> (Result<crate::ssh::ExecOutcome, Error>, u64) {
-    let (out_tx, mut out_rx) = mpsc::channel::<Output>(32);
-    let on_started = |connected_now| {
-        let started = pb::RunEvent {
-            event: Some(run_event::Event::Started(pb::Started { connected_now })),
-        };
-        let _ = tx.try_send(Ok(started));
-    };
-    let mut bytes = 0u64;
-    let mut caller_gone = false;
-    let run = host.exec(caller, exec, &out_tx, shutdown, on_started);
-    tokio::pin!(run);
-    let result = loop {
-        tokio::select! {
-            result = &mut run => break result,
-            Some(out) = out_rx.recv() => {
-                bytes += out.len() as u64;
-                if tx.send(Ok(output_event(out))).await.is_err() {
-                    caller_gone = true;
-                    out_rx.close();
-                }
-            }
-            () = tx.closed(), if !caller_gone => {
-                tracing::debug!("caller dropped the exec stream; stopping the command");
-                caller_gone = true;
-                out_rx.close();
-            }
-        }
-    };
-    // The command is over and the sender is no longer in use: drain what is left.
-    out_rx.close();
-    while let Some(out) = out_rx.recv().await {
-        bytes += out.len() as u64;
-        let _ = tx.send(Ok(output_event(out))).await;
-    }
-    (result, bytes)
-}
-
-fn output_event(out: Output) -> pb::RunEvent {
-    let event = match out {
-        Output::Stdout(data) => run_event::Event::Stdout(data),
-        Output::Stderr(data) => run_event::Event::Stderr(data),
-    };
-    pb::RunEvent { event: Some(event) }
 }

@@ -6,7 +6,7 @@
 mod arguments;
 mod link;
 pub mod output;
-mod results;
+pub mod results;
 mod schema;
 pub mod stdio;
 mod tasks;

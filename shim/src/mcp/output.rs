@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 
 /// Collects one output stream, keeping at most `limit` bytes: the first half and the last half.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CappedBuffer {
     limit: usize,
     head: Vec<u8>,
@@ -71,6 +71,24 @@ impl CappedBuffer {
             }
         }
         buffer
+    }
+
+    /// What the buffer would have kept of the same stream with a smaller `limit`.
+    pub fn shrink(&self, limit: usize) -> CappedBuffer {
+        let mut smaller = CappedBuffer::new(limit.min(self.limit));
+        if self.total == (self.head.len() + self.tail.len()) as u64 {
+            // Nothing was cut: head and tail are the whole stream.
+            smaller.push(&self.head);
+            smaller.push(&self.tail.iter().copied().collect::<Vec<u8>>());
+            return smaller;
+        }
+        let half = smaller.limit / 2;
+        let tail_limit = smaller.limit - half;
+        smaller.head = self.head[..self.head.len().min(half)].to_vec();
+        let skip = self.tail.len().saturating_sub(tail_limit);
+        smaller.tail = self.tail.iter().skip(skip).copied().collect();
+        smaller.total = self.total;
+        smaller
     }
 
     pub fn total(&self) -> u64 {

@@ -1,9 +1,11 @@
 //! Tool results: each has a structured form (with an output schema) and a short text form that
 //! leads with the outcome. The job tools' results are in `results/jobs.rs`.
 
+pub mod fleet;
 pub mod forward;
 pub mod jobs;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use mcp_ssh_proto::pb;
@@ -278,17 +280,47 @@ impl From<pb::HostState> for HostInfo {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct HostsResult {
     pub hosts: Vec<HostInfo>,
+    /// @group → its hosts
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
 
 impl HostsResult {
+    /// More hosts than this and the text lists only those that are not simply idle or connected.
+    const LISTED: usize = 40;
+
     pub fn text(&self) -> String {
         let mut text = match self.hosts.len() {
             0 => "no hosts configured (add them to hosts.json)".to_string(),
             n => format!("{n} host{}:", if n == 1 { "" } else { "s" }),
         };
-        for h in &self.hosts {
+        let many = self.hosts.len() > Self::LISTED;
+        if many {
+            let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+            for h in &self.hosts {
+                *counts.entry(h.state).or_default() += 1;
+            }
+            let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+            text.push_str(&format!(
+                " {} (structuredContent lists all)",
+                counts.join(", ")
+            ));
+        }
+        for (name, members) in &self.groups {
+            text.push_str(&format!(
+                "\n@{name} ({}): {}",
+                members.len(),
+                fleet::fold(members)
+            ));
+        }
+        let shown = self
+            .hosts
+            .iter()
+            .filter(|h| !many || h.state == "failed" || !h.forwards.is_empty())
+            .take(Self::LISTED);
+        for h in shown {
             text.push_str(&format!(
                 "\n{}  {}@{}:{}  {}",
                 h.name, h.username, h.hostname, h.port, h.state

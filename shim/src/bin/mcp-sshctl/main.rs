@@ -45,13 +45,15 @@ enum Cmd {
     Status,
     /// List configured hosts and their connection state
     Hosts,
-    /// Run a command on a host through the daemon's connection; exits with its exit code
+    /// Run a command on a host, or on many, through the daemon's connections; exits with its
+    /// exit code (the highest of them; 255 when a host could not run it)
     ///
     /// As with ssh, options go between the host and the command, and everything from the
     /// command's first word on belongs to it (`--` is optional): `mcp-sshctl exec gpu-box
-    /// --cwd /data ls -la`.
+    /// --cwd /data ls -la`, `mcp-sshctl exec @gpus -- nvidia-smi -L`.
     Exec {
-        /// Host name from hosts.json
+        /// Host name from hosts.json; or many: @group, glob (`web-*`), comma-separated list
+        #[arg(value_name = "HOSTS")]
         host: String,
         #[command(flatten)]
         run: RunOptions,
@@ -153,6 +155,13 @@ struct RunOptions {
     /// Remote working directory
     #[arg(long)]
     cwd: Option<String>,
+    /// Many hosts: print each host's lines as it ends, prefixed with its name, instead of the
+    /// hosts that ended alike gathered once
+    #[arg(long)]
+    per_host: bool,
+    /// Many hosts: start no more hosts once one has failed
+    #[arg(long)]
+    stop_on_error: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -263,6 +272,17 @@ async fn run(args: Args, config_from_env: bool) -> ExitCode {
     let result = match args.command {
         Cmd::Status => cmd::status::status(&ctx).await,
         Cmd::Hosts => cmd::status::hosts(&ctx).await,
+        Cmd::Exec { host, run, command } if cmd::fleet::is_many(&host) => {
+            let ask = cmd::fleet::ManyAsk {
+                targets: host,
+                command: command.join(" "),
+                timeout: run.timeout,
+                cwd: run.cwd,
+                per_host: run.per_host,
+                stop_on_error: run.stop_on_error,
+            };
+            cmd::fleet::exec_many(&ctx, ask).await
+        }
         Cmd::Exec { host, run, command } => {
             cmd::exec::exec(&ctx, host, run.timeout, run.cwd, command.join(" ")).await
         }

@@ -49,13 +49,18 @@ impl Shim {
                 client.hosts().list_hosts(pb::ListHostsRequest {}).await
             })
             .await;
-        let hosts = match listed {
-            Ok(reply) => reply.into_inner().hosts,
+        let reply = match listed {
+            Ok(reply) => reply.into_inner(),
             Err(text) => return error_result(text),
         };
         let mismatch = self.config_note(&ctx).await;
         let result = HostsResult {
-            hosts: hosts.into_iter().map(HostInfo::from).collect(),
+            hosts: reply.hosts.into_iter().map(HostInfo::from).collect(),
+            groups: reply
+                .groups
+                .into_iter()
+                .map(|g| (g.name, g.hosts))
+                .collect(),
             note: mismatch,
         };
         results::ok(result.text(), &result)

@@ -3,6 +3,7 @@
 
 mod exec;
 mod files;
+mod fleet;
 mod forward;
 mod hosts;
 mod jobs;
@@ -17,6 +18,7 @@ use super::Shim;
 pub(super) fn router() -> ToolRouter<Shim> {
     Shim::hosts_router()
         + Shim::exec_router()
+        + Shim::fleet_router()
         + Shim::files_router()
         + Shim::jobs_router()
         + Shim::forward_router()
@@ -48,6 +50,9 @@ mod tests {
                 .len()
             })
             .sum();
+        if std::env::var_os("DUMP_TOOLS").is_some() {
+            println!("{}", serde_json::to_string_pretty(&tools).unwrap());
+        }
         println!(
             "tools/list with {} tools: {read} bytes read by the model, {whole} bytes in all",
             tools.len()
@@ -112,6 +117,7 @@ mod tests {
                 "ssh_download",
                 "ssh_execute",
                 "ssh_execute_batch",
+                "ssh_execute_many",
                 "ssh_forward",
                 "ssh_job_kill",
                 "ssh_job_output",

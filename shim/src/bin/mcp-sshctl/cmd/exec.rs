@@ -103,7 +103,7 @@ pub fn signal_exit(signal: &str) -> ExitCode {
     ExitCode::from(128u8.saturating_add(signal_number(signal)))
 }
 
-fn signal_number(name: &str) -> u8 {
+pub fn signal_number(name: &str) -> u8 {
     match name.trim_start_matches("SIG") {
         "HUP" => 1,
         "INT" => 2,

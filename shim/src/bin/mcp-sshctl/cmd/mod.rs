@@ -4,6 +4,7 @@
 pub mod daemon;
 pub mod doctor;
 pub mod exec;
+pub mod fleet;
 pub mod forward;
 pub mod jobs;
 pub mod status;

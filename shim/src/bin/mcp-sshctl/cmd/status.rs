@@ -83,7 +83,31 @@ fn status_text(s: &pb::StatusReply) -> String {
         let _ = writeln!(out, "warning: {warning}");
     }
     out.push('\n');
-    out.push_str(&host_table(&s.hosts));
+    if s.hosts.len() > SHOWN_HOSTS {
+        // Hundreds of hosts: the counts, then those that need a look.
+        let _ = writeln!(out, "{}", state_counts(&s.hosts));
+        let notable: Vec<pb::HostState> = s
+            .hosts
+            .iter()
+            .filter(|h| {
+                h.state == pb::ConnectionState::Failed as i32
+                    || h.channels_in_use > 0
+                    || h.jobs_running > 0
+            })
+            .take(SHOWN_HOSTS)
+            .cloned()
+            .collect();
+        if !notable.is_empty() {
+            let _ = writeln!(out, "busy or failing (first {SHOWN_HOSTS}):");
+            out.push_str(&host_table(&notable));
+        }
+        let _ = writeln!(
+            out,
+            "(mcp-sshctl hosts lists every host; --json has everything)"
+        );
+    } else {
+        out.push_str(&host_table(&s.hosts));
+    }
     if !s.bastions.is_empty() {
         let _ = writeln!(
             out,
@@ -115,6 +139,34 @@ fn status_text(s: &pb::StatusReply) -> String {
             version,
             c.pid,
             ago(c.attached_at_unix_ms)
+        );
+    }
+    out
+}
+
+/// More hosts than this and `status` summarises them.
+const SHOWN_HOSTS: usize = 30;
+
+/// "500 hosts: 480 connected, 18 disconnected, 2 failed".
+fn state_counts(hosts: &[pb::HostState]) -> String {
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for h in hosts {
+        *counts.entry(state_name(h.state)).or_default() += 1;
+    }
+    let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    format!("{} hosts: {}", hosts.len(), parts.join(", "))
+}
+
+/// `@gpus (4): gpu-1 gpu-2 gpu-3 gpu-4`, one line per group.
+fn group_lines(groups: &[pb::HostGroup]) -> String {
+    let mut out = String::new();
+    for g in groups {
+        let _ = writeln!(
+            out,
+            "@{} ({}): {}",
+            g.name,
+            g.hosts.len(),
+            g.hosts.join(" ")
         );
     }
     out
@@ -200,19 +252,30 @@ fn status_json(s: &pb::StatusReply) -> serde_json::Value {
 
 pub async fn hosts(ctx: &Ctx) -> Result<ExitCode, ClientError> {
     let client = ctx.connect_or_start().await?;
-    let hosts = client
+    let reply = client
         .hosts()
         .list_hosts(pb::ListHostsRequest {})
         .await?
-        .into_inner()
-        .hosts;
+        .into_inner();
     if ctx.json {
-        println!(
-            "{:#}",
-            serde_json::Value::Array(hosts.iter().map(host_json).collect())
-        );
+        // An array of hosts, each with the groups it belongs to.
+        let hosts = reply.hosts.iter().map(|h| {
+            let mut value = host_json(h);
+            let groups: Vec<&str> = reply
+                .groups
+                .iter()
+                .filter(|g| g.hosts.contains(&h.name))
+                .map(|g| g.name.as_str())
+                .collect();
+            value["groups"] = json!(groups);
+            value
+        });
+        println!("{:#}", serde_json::Value::Array(hosts.collect()));
     } else {
-        print!("{}", host_table(&hosts));
+        print!("{}", host_table(&reply.hosts));
+        if !reply.groups.is_empty() {
+            print!("\ngroups\n{}", group_lines(&reply.groups));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
