@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod fleet;
 mod forwards;
 mod reach;
 
@@ -29,7 +30,7 @@ struct Args {
     #[arg(long, default_value = "target/bench/results.json")]
     json: PathBuf,
     /// Run only these sections (comma-separated: exec, startup, transfers, jobs, forwards,
-    /// reach, concurrency, memory); all of them by default
+    /// reach, fleet, concurrency, memory); all of them by default
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -764,6 +765,9 @@ async fn main() -> anyhow::Result<()> {
     drop(daemon);
     if runs("reach") {
         reach::reach(&mut b).await?;
+    }
+    if runs("fleet") {
+        fleet::fleet(&mut b).await?;
     }
     if runs("concurrency") {
         concurrency(&mut b).await?;

@@ -33,11 +33,10 @@ pub fn open() -> Option<u64> {
         .map(|entries| entries.count() as u64)
 }
 
-/// `(open, limit)` when another connection would leave fewer than [`RESERVE`] descriptors free.
-pub fn no_room() -> Option<(u64, u64)> {
+/// The limit, when another connection would leave fewer than [`RESERVE`] descriptors free.
+pub fn no_room() -> Option<u64> {
     let limit = limit();
-    let open = open()?;
-    (open + RESERVE >= limit).then_some((open, limit))
+    (open()? + RESERVE >= limit).then_some(limit)
 }
 
 /// A warning when hosts.json lists more hosts than the limit lets the daemon connect at once.

@@ -259,11 +259,10 @@ impl HostEntry {
         // Waiting here is pacing, not the host being slow: it does not count in connect_timeout.
         let _startup = startups::permit(config).await;
         if config.jump.is_none()
-            && let Some((open, limit)) = crate::fds::no_room()
+            && let Some(limit) = crate::fds::no_room()
         {
             return Err(ssh::SshError::FileLimit {
                 target: config.target(),
-                open,
                 limit,
             });
         }

@@ -183,6 +183,21 @@ async fn two_hundred_hosts_should_run_in_one_call_with_failures_kept_apart() {
         .expect("strict's refusal");
     assert_eq!(strict_failure["kind"], "refused");
 
+    // list_hosts and status summarise 200 hosts; structuredContent still lists every one.
+    let listed = shim.call("list_hosts", json!({})).await;
+    let listing = text(&listed);
+    assert!(listing.starts_with("200 hosts: "), "{listing}");
+    assert!(
+        listing.contains("(structuredContent lists all)"),
+        "{listing}"
+    );
+    assert!(listing.len() < 4096, "{} bytes: {listing}", listing.len());
+    assert_eq!(structured(&listed)["hosts"].as_array().unwrap().len(), 200);
+    let status = daemon.ctl(&["status"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("200 hosts: "), "{status}");
+    assert!(status.len() < 8192, "{} bytes: {status}", status.len());
+
     // Progress went host by host, to 200.
     let progress = shim.progress.lock().unwrap().clone();
     let last_progress = progress.last().expect("progress notifications");
@@ -505,4 +520,52 @@ async fn groups_should_resolve_and_show_in_hosts_and_the_cli() {
         stderr.contains("tpu-7") && stderr.contains("line"),
         "{stderr}"
     );
+}
+
+/// The daemon holds a file descriptor per direct connection: past its `RLIMIT_NOFILE` (less a
+/// reserve for everything else) a connection is refused with the reason, and status warns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_open_file_limit_should_be_refused_clearly() {
+    let sshd = roomy_sshd();
+    let daemon = Daemon::start(
+        &json!({ "hosts": spread(std::slice::from_ref(&sshd), "f", 40) }).to_string(),
+    );
+    let pid = daemon.pid().unwrap().to_string();
+    // Room for a few connections beyond what the daemon has open now.
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limit = (open + 64 + 5).to_string();
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, &format!("--nofile={limit}:{limit}")])
+        .status()
+        .expect("prlimit (util-linux) not found");
+    assert!(status.success());
+    assert_eq!(daemon.ctl(&["reload"]).status.code(), Some(0));
+    let out = daemon.ctl(&["exec", "f-*", "--json", "--", "true"]);
+    assert_eq!(out.status.code(), Some(255));
+    let doc = stdout_json(&out);
+    let failure = &doc["failures"][0];
+    assert_eq!(failure["kind"], "file limit", "{doc}");
+    let reason = failure["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("its limit of {limit} (RLIMIT_NOFILE); raise it")),
+        "{reason}"
+    );
+    let codes = doc["exit_codes"].as_object().unwrap();
+    let connected: Vec<&String> = codes
+        .iter()
+        .filter(|(_, c)| **c == 0)
+        .map(|(h, _)| h)
+        .collect();
+    assert!((1..40).contains(&connected.len()), "{doc}");
+    let status = String::from_utf8_lossy(&daemon.ctl(&["status"]).stdout).to_string();
+    assert!(
+        status.contains("hosts.json has 40 hosts but the open-file limit"),
+        "{status}"
+    );
+    // The hosts already connected keep working.
+    let out = daemon.ctl(&["exec", connected[0], "--", "echo", "fine"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "fine\n", "{stderr}");
 }

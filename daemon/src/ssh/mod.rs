@@ -97,14 +97,10 @@ pub enum SshError {
         hint: String,
     },
     #[error(
-        "cannot connect to {target}: mcp-sshd has {open} files open and its limit is {limit} \
-         (RLIMIT_NOFILE); raise it (`ulimit -n`, LimitNOFILE= in a systemd unit) or lower fanout"
+        "cannot connect to {target}: mcp-sshd's open files would come within 64 of its limit of \
+         {limit} (RLIMIT_NOFILE); raise it (`ulimit -n`, LimitNOFILE= in a systemd unit) or lower fanout"
     )]
-    FileLimit {
-        target: String,
-        open: u64,
-        limit: u64,
-    },
+    FileLimit { target: String, limit: u64 },
     #[error("cannot reach {target} through its proxy_command: {reason}")]
     ProxyCommand { target: String, reason: String },
     /// The bastion (`proxy_jump`) could not be reached, or could not reach the host.
