@@ -76,10 +76,15 @@ fn real_main() -> anyhow::Result<()> {
                 problems.join("\n  ")
             );
         }
+        let groups = match config.groups.iter().count() {
+            0 => String::new(),
+            n => format!(", {n} group(s)"),
+        };
         println!(
-            "{} is valid: {} host(s)",
+            "{} is valid: {} host(s){groups}, fanout {}",
             path.display(),
-            config.hosts.len()
+            config.hosts.len(),
+            config.fanout
         );
         return Ok(());
     }

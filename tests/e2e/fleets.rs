@@ -491,6 +491,16 @@ async fn groups_should_resolve_and_show_in_hosts_and_the_cli() {
             "gpu-2: hi"
         ]
     );
+    let out = daemon.ctl(&["exec", "@nope", "--", "true"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a target naming nothing is a usage mistake"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no group \"@nope\"; groups: @everything, @front, @gpus")
+    );
     let out = daemon.ctl(&["exec", "@front", "--json", "--", "echo", "hi"]);
     let doc = stdout_json(&out);
     assert_eq!(doc["exit_codes"], json!({ "db": 0, "web-a": 0 }));

@@ -617,7 +617,7 @@ async fn tools_list_through_the_shim_should_stay_within_the_budget() {
     let listed = shim.service.list_tools(None).await.unwrap();
     assert!(listed.next_cursor.is_none(), "one page");
     let tools = &listed.tools;
-    assert_eq!(tools.len(), 12);
+    assert_eq!(tools.len(), 13);
     let execute = tools.iter().find(|t| t.name == "ssh_execute").unwrap();
     assert!(
         execute

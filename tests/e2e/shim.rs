@@ -29,6 +29,7 @@ async fn conversation_should_list_tools_and_run_every_tool() {
             "ssh_download",
             "ssh_execute",
             "ssh_execute_batch",
+            "ssh_execute_many",
             "ssh_forward",
             "ssh_job_kill",
             "ssh_job_output",
@@ -53,8 +54,8 @@ async fn conversation_should_list_tools_and_run_every_tool() {
             "list_hosts" | "ssh_status" | "ssh_job_output" | "ssh_jobs" => {
                 assert_eq!(a.read_only_hint, Some(true))
             }
-            "ssh_execute" | "ssh_execute_batch" | "ssh_upload" | "ssh_download"
-            | "ssh_job_start" | "ssh_job_kill" => {
+            "ssh_execute" | "ssh_execute_batch" | "ssh_execute_many" | "ssh_upload"
+            | "ssh_download" | "ssh_job_start" | "ssh_job_kill" => {
                 assert_eq!(a.destructive_hint, Some(true));
                 assert_eq!(a.open_world_hint, Some(true));
             }
@@ -121,6 +122,16 @@ async fn conversation_should_list_tools_and_run_every_tool() {
     assert_eq!(b["results"][1]["exit_code"], 2);
     assert_eq!(b["results"][2]["status"], "not_run");
     assert!(text(&batch).contains("not run"));
+
+    let many = shim
+        .call(
+            "ssh_execute_many",
+            json!({ "hosts": ["box", "b*"], "command": "echo many" }),
+        )
+        .await;
+    assert!(!is_error(&many), "{}", text(&many));
+    assert_eq!(text(&many), "1 host: 1 exit 0\n\nbox: exit 0\nmany");
+    assert_eq!(structured(&many)["exit_codes"], json!({ "box": 0 }));
 
     let status = shim.call("ssh_status", json!({ "host": "box" })).await;
     assert!(!is_error(&status));
@@ -721,7 +732,7 @@ async fn the_quick_start_demo_should_run() {
         String::from_utf8_lossy(&out.stderr)
     );
     for expected in [
-        "12 tools: list_hosts",
+        "13 tools: list_hosts",
         "→ tools/call ssh_execute",
         "exit 0",
         "uploaded 28 B",

@@ -29,11 +29,20 @@ pub use auth::AgentSockets;
 pub use connection::Connection;
 pub use exec::{ExecOutcome, ExecRequest, Output, StopOutcome};
 
+/// An I/O error in words: without the " (os error 111)" the standard library appends.
+pub fn io_text(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" (os error ") {
+        Some(at) if text.ends_with(')') => text[..at].to_string(),
+        _ => text,
+    }
+}
+
 /// Everything that can go wrong talking to a host. Messages name the host and say what to do;
 /// none of them ever contains a password or passphrase.
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
-    #[error("cannot connect to {target}: {source}")]
+    #[error("cannot connect to {target}: {}", io_text(source))]
     Connect {
         target: String,
         source: std::io::Error,

@@ -293,7 +293,7 @@ impl ManyResult {
 fn ending(g: &Gathered) -> String {
     match g.exit_code {
         Some(code) => format!("exit {code}"),
-        None if !g.signal.is_empty() => format!("killed by {}", g.signal),
+        None if !g.signal.is_empty() => format!("killed by signal {}", g.signal),
         None => "no exit status".into(),
     }
 }

@@ -8,11 +8,12 @@ use mcp_ssh_proto::pb;
 use mcp_ssh_shim::client::ClientError;
 use mcp_ssh_shim::mcp::results::fleet::{Gatherer, ManyResult, Outcome};
 use mcp_ssh_shim::mcp::{Call, status_text};
+use tonic::Code;
 
 use super::Ctx;
 use super::exec::signal_number;
-use crate::EXIT_REMOTE_FAILURE;
 use crate::output::fail;
+use crate::{EXIT_REMOTE_FAILURE, EXIT_USAGE};
 
 /// What one host keeps of each stream: a human reads it, but a runaway command on 500 hosts
 /// must not fill this process's memory.
@@ -53,7 +54,13 @@ pub async fn exec_many(ctx: &Ctx, ask: ManyAsk) -> Result<ExitCode, ClientError>
         Ok(response) => response.into_inner(),
         Err(status) => {
             fail(ctx.json, &status_text(&status, call));
-            return Ok(ExitCode::from(EXIT_REMOTE_FAILURE));
+            // Targets that name no host are a usage mistake; nothing ran.
+            let unresolved = matches!(status.code(), Code::InvalidArgument | Code::NotFound);
+            return Ok(ExitCode::from(if unresolved {
+                EXIT_USAGE
+            } else {
+                EXIT_REMOTE_FAILURE
+            }));
         }
     };
     let mut gatherer = Gatherer::new(PER_HOST);
@@ -108,7 +115,7 @@ fn per_host_lines(name: &str, outcome: &Outcome) -> String {
             match code {
                 Some(0) => {}
                 Some(code) => out.push_str(&format!("{name}: exit {code}\n")),
-                None => out.push_str(&format!("{name}: killed by {signal}\n")),
+                None => out.push_str(&format!("{name}: killed by signal {signal}\n")),
             }
         }
         Outcome::Failed { kind, reason } => out.push_str(&format!("{name}: {kind}: {reason}\n")),
