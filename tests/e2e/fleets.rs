@@ -437,6 +437,18 @@ async fn groups_should_resolve_and_show_in_hosts_and_the_cli() {
     let codes = structured(&result)["exit_codes"].clone();
     let names: Vec<&String> = codes.as_object().unwrap().keys().collect();
     assert_eq!(names.len(), 6, "{codes}");
+    // A max_output below the minimum is raised, and the result says so.
+    let result = shim
+        .call(
+            "ssh_execute_many",
+            json!({ "hosts": ["db"], "command": "true", "max_output": 10 }),
+        )
+        .await;
+    assert!(
+        text(&result).starts_with("1 host: 1 exit 0 (note: max_output 10 is below the minimum: 1024 bytes per stream were kept)"),
+        "{}",
+        text(&result)
+    );
     // What matches nothing is an error naming it, and nothing runs.
     for (targets, needle) in [
         (json!(["@nope"]), "@nope"),

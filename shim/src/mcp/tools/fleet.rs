@@ -47,9 +47,9 @@ impl Shim {
             Ok(limit) => limit as usize,
             Err(text) => return error_result(text),
         };
-        let per_host = match p.max_output {
-            Some(asked) => output_limit(asked).0 as usize,
-            None => budget,
+        let (per_host, note) = match p.max_output.map(output_limit) {
+            Some((limit, note)) => (limit as usize, note),
+            None => (budget, None),
         };
         let request = pb::RunManyRequest {
             targets: p.hosts.clone(),
@@ -104,7 +104,10 @@ impl Shim {
             }
         }
         let gathered = gatherer.finish();
-        let result = ManyResult::new(gathered, budget);
+        let mut result = ManyResult::new(gathered, budget);
+        if let Some(note) = note {
+            result.summary.push_str(&format!(" (note: {note})"));
+        }
         ok(result.text(), &result)
     }
 }
