@@ -29,4 +29,5 @@ mod shim;
 mod shim_results;
 mod soak;
 mod ssh_config;
+mod sync;
 mod transfer;

@@ -153,8 +153,14 @@ async fn directories_should_transfer_recursively_with_modes() {
     std::fs::set_permissions(tree.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
     let remote = shared_dir();
 
-    // The destination is an existing directory: the tree lands under its own name, as scp -r.
-    let up = shim.call("ssh_upload", json!({ "host": "box", "local_path": tree, "remote_path": remote.path(), "verify": true })).await;
+    // The destination ends in '/': the tree lands in it under its own name.
+    let into = format!("{}/", remote.path().display());
+    let up = shim
+        .call(
+            "ssh_upload",
+            json!({ "host": "box", "local_path": tree, "remote_path": into, "verify": true }),
+        )
+        .await;
     assert!(!is_error(&up), "{}", text(&up));
     let s = structured(&up);
     assert_eq!(s["files"], 4);
@@ -171,7 +177,7 @@ async fn directories_should_transfer_recursively_with_modes() {
     let down = shim
         .call(
             "ssh_download",
-            json!({ "host": "box", "remote_path": landed, "local_path": back.path() }),
+            json!({ "host": "box", "remote_path": landed, "local_path": format!("{}/", back.path().display()) }),
         )
         .await;
     assert!(!is_error(&down), "{}", text(&down));
@@ -357,6 +363,7 @@ pub(crate) async fn assert_cut_transfers_leave_nothing(
         local_path: big.display().to_string(),
         remote_path: dest.display().to_string(),
         verify: false,
+        ..Default::default()
     };
     fault(Step::Start);
     let stream = start_moving(daemon, true, request).await;
@@ -383,6 +390,7 @@ pub(crate) async fn assert_cut_transfers_leave_nothing(
         local_path: target.display().to_string(),
         remote_path: source.display().to_string(),
         verify: false,
+        ..Default::default()
     };
     fault(Step::Start);
     let stream = start_moving(daemon, false, request).await;
@@ -461,6 +469,7 @@ async fn a_stalled_transfer_should_time_out() {
         local_path: big.display().to_string(),
         remote_path: dest.display().to_string(),
         verify: false,
+        ..Default::default()
     };
     let stream = start_moving(&daemon, true, request).await;
     sshd.signal_connections(Signal::SIGSTOP);
@@ -554,6 +563,7 @@ async fn a_daemon_killed_mid_upload_should_have_its_successor_remove_the_remote_
         local_path: big.display().to_string(),
         remote_path: remote.path().join("big.bin").display().to_string(),
         verify: false,
+        ..Default::default()
     };
     let stream = start_moving(&daemon, true, request).await;
     daemon.signal(Signal::SIGKILL);

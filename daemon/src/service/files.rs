@@ -13,7 +13,7 @@ use super::{Service, peer};
 use crate::audit::Record;
 use crate::error::Error;
 use crate::registry::millis;
-use crate::ssh::transfer::{Progress, TransferSpec};
+use crate::ssh::transfer::{Progress, SyncOptions, TransferSpec};
 
 /// Progress events are sent at most this often (the shim turns them into MCP notifications).
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -48,6 +48,13 @@ impl Service {
             remote: req.remote_path.clone(),
             verify: req.verify,
             idle_timeout: config.transfer_timeout,
+            sync: SyncOptions {
+                exclude: req.exclude.clone(),
+                gitignore: req.gitignore,
+                delete: req.delete,
+                dry_run: req.dry_run,
+                checksum: req.checksum,
+            },
         };
         let audit = self.registry.audit.clone();
         let mut record = Record {
@@ -105,6 +112,13 @@ impl Service {
                             verification,
                             verified,
                             skipped: done.skipped,
+                            unchanged: done.unchanged,
+                            deleted: done.deleted,
+                            excluded: done.excluded,
+                            bytes_total: done.bytes_total,
+                            dry_run: done.dry_run,
+                            changed: done.changed,
+                            removed: done.removed,
                         })),
                     })
                 }

@@ -21,6 +21,7 @@ pub mod pending;
 pub mod route;
 pub mod sftp;
 pub mod transfer;
+pub mod tree;
 
 use std::path::PathBuf;
 use std::time::Duration;

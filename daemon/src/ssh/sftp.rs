@@ -204,6 +204,38 @@ impl Sftp {
         }
     }
 
+    /// The whole of a small file (ignore files); `open_read` follows a link, so callers read
+    /// only what was listed as a regular file.
+    pub async fn read_whole(&self, path: &str) -> OpResult<Vec<u8>> {
+        let handle = self.open_read(path).await?;
+        let mut data = Vec::new();
+        let read = loop {
+            match self.read(&handle, data.len() as u64, self.read_len).await {
+                Ok(chunk) if chunk.is_empty() => break Ok(()),
+                Ok(chunk) => data.extend(chunk),
+                Err(e) => break Err(e),
+            }
+        };
+        let _ = self.close(&handle).await;
+        read.map(|()| data)
+    }
+
+    /// Sets a path's modification time (its access time too: SFTP sets both together).
+    pub async fn set_mtime(&self, path: &str, mtime: u32) -> OpResult<()> {
+        let attrs = FileAttributes {
+            atime: Some(mtime),
+            mtime: Some(mtime),
+            ..FileAttributes::empty()
+        };
+        self.raw.setstat(path, attrs).await?;
+        Ok(())
+    }
+
+    pub async fn remove_dir(&self, path: &str) -> OpResult<()> {
+        self.raw.rmdir(path).await?;
+        Ok(())
+    }
+
     /// Closes a handle, reporting the server's verdict (write errors can surface only here).
     pub async fn close(&self, handle: &str) -> OpResult<()> {
         self.raw.close(handle).await?;

@@ -21,6 +21,9 @@ use super::sftp::{OpError, Sftp};
 use super::{Connection, SshError};
 use crate::policy::quote;
 
+mod sync;
+pub use sync::SyncOptions;
+
 /// Most SFTP requests kept in flight (about 4 MiB of data is the aim; see `send_file`).
 const IN_FLIGHT: usize = 64;
 /// Deadline for housekeeping on a session that may have just failed (diagnosis, cleanup).
@@ -50,6 +53,8 @@ pub struct TransferSpec {
     pub verify: bool,
     /// No byte moved for this long: give up.
     pub idle_timeout: Duration,
+    /// For a directory: what the sync may leave out, remove, or only report.
+    pub sync: SyncOptions,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -70,6 +75,16 @@ pub struct TransferOutcome {
     pub destination: String,
     /// (matched, how it was checked) when verification was asked for.
     pub verification: Option<(bool, String)>,
+    /// Directories: files already alike (not sent), entries removed (`delete`), entries left
+    /// out by `exclude`/`gitignore`, the bytes of every source file, whether nothing changed
+    /// (`dry_run`), and the first paths sent and removed.
+    pub unchanged: u32,
+    pub deleted: u32,
+    pub excluded: u32,
+    pub bytes_total: u64,
+    pub dry_run: bool,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
 }
 
 /// Shared state of one transfer.
@@ -277,13 +292,35 @@ pub async fn upload(
             ),
         ));
     }
-    let dest = if remote_is_dir {
+    // A file goes into an existing directory by its name (scp's rule). A directory names the
+    // destination tree itself, unless the destination ends in '/': then the tree goes into it
+    // by its name. Either way the same call twice syncs the same tree.
+    let into = if meta.is_dir() {
+        spec.remote.len() > 1 && spec.remote.ends_with('/')
+    } else {
+        remote_is_dir
+    };
+    let dest = if into {
         remote_join(&remote, &file_name(&spec.local))
     } else {
         remote
     };
     let mut outcome = if meta.is_dir() {
-        upload_tree(&ctx, &sftp, &home, &spec.local, &dest).await?
+        let (dest_dir, exists) = match sftp.stat(&dest).await {
+            Ok(a) => (a.is_dir(), true),
+            Err(_) => (false, false),
+        };
+        if exists && !dest_dir {
+            return Err(fail(
+                TransferKind::Other,
+                format!(
+                    "remote {} is not a directory; a directory upload syncs a directory tree",
+                    shown(&sftp, &home, &dest)
+                ),
+            ));
+        }
+        let paths = (spec.local.as_path(), dest.as_str());
+        sync::sync_tree(&ctx, &sftp, &home, paths, true, &spec.sync, spec.verify).await?
     } else {
         progress.send_modify(|p| {
             p.bytes_total = meta.len();
@@ -307,62 +344,10 @@ pub async fn upload(
     };
     outcome.destination = shown(&sftp, &home, &dest);
     drop(sftp);
-    if spec.verify {
-        outcome.verification =
-            Some(verify(conn, &dest, &outcome, meta.is_dir(), &spec.local).await);
+    if spec.verify && !meta.is_dir() {
+        outcome.verification = Some(verify(conn, &dest, &outcome, false, &spec.local).await);
     }
     outcome.duration = started.elapsed();
-    Ok(outcome)
-}
-
-async fn upload_tree(
-    ctx: &Ctx<'_>,
-    sftp: &Sftp,
-    home: &str,
-    root: &Path,
-    dest: &str,
-) -> Result<TransferOutcome, SshError> {
-    let tree = local_tree(root).map_err(|e| local_error(e, "list", root))?;
-    ctx.progress.send_modify(|p| {
-        p.bytes_total = tree.files.iter().map(|f| f.size).sum();
-        p.files_total = u32::try_from(tree.files.len()).unwrap_or(u32::MAX);
-    });
-    let mut outcome = TransferOutcome {
-        skipped: tree.skipped,
-        ..TransferOutcome::default()
-    };
-    for (rel, mode) in
-        std::iter::once((String::new(), tree.root_mode)).chain(tree.dirs.iter().cloned())
-    {
-        let path = if rel.is_empty() {
-            dest.to_string()
-        } else {
-            remote_join(dest, &rel)
-        };
-        if let Err(e) = sftp.mkdir(&path, mode & 0o7777).await {
-            match sftp.stat(&path).await {
-                Ok(a) if a.is_dir() => {}
-                _ => return Err(phrase(ctx, sftp, home, e, "create directory", &path).await),
-            }
-        }
-    }
-    let mut manifest = Vec::new();
-    for file in &tree.files {
-        let sha = upload_file(
-            ctx,
-            sftp,
-            home,
-            &root.join(&file.rel),
-            &remote_join(dest, &file.rel),
-            file.mode,
-        )
-        .await?;
-        outcome.bytes += file.size;
-        outcome.files += 1;
-        manifest.push(format!("{sha}  {}\n", file.rel));
-    }
-    manifest.sort();
-    outcome.sha256 = hex::encode(Sha256::digest(manifest.concat().as_bytes()));
     Ok(outcome)
 }
 
@@ -601,7 +586,14 @@ pub async fn download(
         .await
         .map(|m| m.is_dir())
         .unwrap_or(false);
-    let dest = if local_is_dir {
+    // As for uploads: a file into an existing directory by its name; a directory names the
+    // local tree itself unless the local path ends in '/'.
+    let into = if attrs.is_dir() {
+        spec.local.as_os_str().to_string_lossy().ends_with('/')
+    } else {
+        local_is_dir
+    };
+    let dest = if into {
         spec.local.join(remote_split(&remote).1)
     } else {
         spec.local.clone()
@@ -618,7 +610,17 @@ pub async fn download(
         ));
     }
     let mut outcome = if attrs.is_dir() {
-        download_tree(&ctx, &sftp, &home, &remote, &dest).await?
+        if dest.exists() && !dest.is_dir() {
+            return Err(fail(
+                TransferKind::Other,
+                format!(
+                    "local {} is not a directory; a directory download syncs a directory tree",
+                    dest.display()
+                ),
+            ));
+        }
+        let paths = (dest.as_path(), remote.as_str());
+        sync::sync_tree(&ctx, &sftp, &home, paths, false, &spec.sync, spec.verify).await?
     } else {
         progress.send_modify(|p| {
             p.bytes_total = attrs.len();
@@ -642,93 +644,10 @@ pub async fn download(
     };
     outcome.destination = dest.display().to_string();
     drop(sftp);
-    if spec.verify {
-        outcome.verification = Some(verify(conn, &remote, &outcome, attrs.is_dir(), &dest).await);
+    if spec.verify && !attrs.is_dir() {
+        outcome.verification = Some(verify(conn, &remote, &outcome, false, &dest).await);
     }
     outcome.duration = started.elapsed();
-    Ok(outcome)
-}
-
-async fn download_tree(
-    ctx: &Ctx<'_>,
-    sftp: &Sftp,
-    home: &str,
-    root: &str,
-    dest: &Path,
-) -> Result<TransferOutcome, SshError> {
-    let mut files = Vec::new();
-    let mut dirs = vec![(String::new(), 0o755u32)];
-    let mut skipped = 0;
-    let mut queue = vec![String::new()];
-    while let Some(rel) = queue.pop() {
-        let dir = if rel.is_empty() {
-            root.to_string()
-        } else {
-            remote_join(root, &rel)
-        };
-        let entries = match sftp.list(&dir).await {
-            Ok(entries) => entries,
-            Err(e) => return Err(phrase(ctx, sftp, home, e, "list", &dir).await),
-        };
-        for entry in entries {
-            let child = if rel.is_empty() {
-                entry.name.clone()
-            } else {
-                format!("{rel}/{}", entry.name)
-            };
-            let mode = entry.attrs.permissions.unwrap_or(0o644);
-            if entry.attrs.is_dir() {
-                dirs.push((child.clone(), mode));
-                queue.push(child);
-            } else if entry.attrs.is_regular() {
-                files.push((child, entry.attrs.len(), mode));
-            } else {
-                skipped += 1;
-            }
-        }
-    }
-    ctx.progress.send_modify(|p| {
-        p.bytes_total = files.iter().map(|f| f.1).sum();
-        p.files_total = u32::try_from(files.len()).unwrap_or(u32::MAX);
-    });
-    for (rel, mode) in &dirs {
-        let path = if rel.is_empty() {
-            dest.to_path_buf()
-        } else {
-            dest.join(rel)
-        };
-        match std::fs::create_dir(&path) {
-            Ok(()) => {
-                let _ = std::fs::set_permissions(
-                    &path,
-                    std::fs::Permissions::from_mode((mode & 0o7777) | 0o700),
-                );
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => {}
-            Err(e) => return Err(local_error(e, "create directory", &path)),
-        }
-    }
-    let mut outcome = TransferOutcome {
-        skipped,
-        ..TransferOutcome::default()
-    };
-    let mut manifest = Vec::new();
-    for (rel, _, mode) in &files {
-        let (bytes, sha) = download_file(
-            ctx,
-            sftp,
-            home,
-            &remote_join(root, rel),
-            &dest.join(rel),
-            *mode,
-        )
-        .await?;
-        outcome.bytes += bytes;
-        outcome.files += 1;
-        manifest.push(format!("{sha}  {rel}\n"));
-    }
-    manifest.sort();
-    outcome.sha256 = hex::encode(Sha256::digest(manifest.concat().as_bytes()));
     Ok(outcome)
 }
 
@@ -881,55 +800,6 @@ async fn receive_file(
 
 // ---------------------------------------------------------------------------------------------
 // Local trees and verification
-
-struct LocalFile {
-    rel: String,
-    size: u64,
-    mode: u32,
-}
-
-struct LocalTree {
-    root_mode: u32,
-    dirs: Vec<(String, u32)>,
-    files: Vec<LocalFile>,
-    skipped: u32,
-}
-
-fn local_tree(root: &Path) -> std::io::Result<LocalTree> {
-    let mut tree = LocalTree {
-        root_mode: std::fs::metadata(root)?.permissions().mode(),
-        dirs: Vec::new(),
-        files: Vec::new(),
-        skipped: 0,
-    };
-    let mut queue = vec![String::new()];
-    while let Some(rel) = queue.pop() {
-        let mut entries: Vec<_> = std::fs::read_dir(root.join(&rel))?.collect::<Result<_, _>>()?;
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let child = if rel.is_empty() {
-                name
-            } else {
-                format!("{rel}/{name}")
-            };
-            let meta = std::fs::symlink_metadata(entry.path())?;
-            if meta.is_dir() {
-                tree.dirs.push((child.clone(), meta.permissions().mode()));
-                queue.push(child);
-            } else if meta.is_file() {
-                tree.files.push(LocalFile {
-                    rel: child,
-                    size: meta.len(),
-                    mode: meta.permissions().mode(),
-                });
-            } else {
-                tree.skipped += 1;
-            }
-        }
-    }
-    Ok(tree)
-}
 
 /// Checks the transferred data against a SHA-256 computed on the remote host.
 async fn verify(

@@ -335,15 +335,29 @@ impl Shim {
     }
 }
 
-/// "Hosts: a, b, c." — at most 20 names, so a long hosts.json cannot bloat every turn.
+/// "Hosts: a, b, c." — at most 20 names and about 120 bytes of them, so a long hosts.json
+/// cannot bloat every turn.
 fn hosts_sentence(names: &[String]) -> String {
     const SHOWN: usize = 20;
+    const BYTES: usize = 120;
     if names.is_empty() {
         return "No hosts are configured.".into();
     }
-    let mut text = format!("Hosts: {}", names[..names.len().min(SHOWN)].join(", "));
-    if names.len() > SHOWN {
-        text.push_str(&format!(" and {} more (list_hosts)", names.len() - SHOWN));
+    let mut shown = Vec::new();
+    let mut bytes = 0;
+    for name in names.iter().take(SHOWN) {
+        if !shown.is_empty() && bytes + name.len() > BYTES {
+            break;
+        }
+        bytes += name.len() + 2;
+        shown.push(name.as_str());
+    }
+    let mut text = format!("Hosts: {}", shown.join(", "));
+    if names.len() > shown.len() {
+        text.push_str(&format!(
+            " and {} more (list_hosts)",
+            names.len() - shown.len()
+        ));
     }
     text.push('.');
     text

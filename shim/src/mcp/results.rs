@@ -482,6 +482,22 @@ pub struct TransferResult {
     pub verified: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verification: Option<String>,
+    /// Directories: every source file's bytes, files not sent (already alike), removed
+    /// (delete), left out (exclude, gitignore), the first paths sent and removed
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<u64>,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub unchanged: u32,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub deleted: u32,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub excluded: u32,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
 }
 
 fn is_zero_u32(n: &u32) -> bool {
@@ -491,6 +507,7 @@ fn is_zero_u32(n: &u32) -> bool {
 impl TransferResult {
     pub fn new(done: pb::TransferDone, verify: bool) -> TransferResult {
         let secs = (done.duration_ms as f64 / 1000.0).max(0.000_001);
+        let tree = is_tree(&done);
         TransferResult {
             bytes: done.bytes,
             files: done.files,
@@ -500,8 +517,15 @@ impl TransferResult {
             sha256: done.sha256,
             destination: done.destination,
             skipped: done.skipped,
-            verified: verify.then_some(done.verified),
+            verified: verify.then_some(done.verified && !done.dry_run),
             verification: verify.then_some(done.verification),
+            bytes_total: tree.then_some(done.bytes_total),
+            unchanged: done.unchanged,
+            deleted: done.deleted,
+            excluded: done.excluded,
+            dry_run: done.dry_run,
+            changed: done.changed,
+            removed: done.removed,
         }
     }
 
@@ -515,13 +539,56 @@ impl TransferResult {
             .mib_per_s
             .map(|rate| format!(" ({rate} MiB/s)"))
             .unwrap_or_default();
-        let mut text = format!(
-            "{verb} {} ({files}) to {} in {}{rate}\nsha256 {}",
-            human_bytes(self.bytes),
-            self.destination,
-            seconds(self.duration_ms),
-            self.sha256
-        );
+        let mut text = match self.bytes_total {
+            Some(total) if self.dry_run => format!(
+                "dry run, nothing changed: would send {} ({files}) of {} to {}, {} unchanged, {} to delete",
+                human_bytes(self.bytes),
+                human_bytes(total),
+                self.destination,
+                self.unchanged,
+                self.deleted
+            ),
+            Some(total) => format!(
+                "{verb} {} ({files}; {} unchanged, {} deleted; {} in all) to {} in {}{rate}\nsha256 of the files sent {}",
+                human_bytes(self.bytes),
+                self.unchanged,
+                self.deleted,
+                human_bytes(total),
+                self.destination,
+                seconds(self.duration_ms),
+                self.sha256
+            ),
+            None => format!(
+                "{verb} {} ({files}) to {} in {}{rate}\nsha256 {}",
+                human_bytes(self.bytes),
+                self.destination,
+                seconds(self.duration_ms),
+                self.sha256
+            ),
+        };
+        let listed = |label: &str, paths: &[String], count: u32| {
+            let more = (count as usize).saturating_sub(paths.len());
+            let tail = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            format!("\n{label}: {}{tail}", paths.join(", "))
+        };
+        if !self.changed.is_empty() {
+            let sent = if self.dry_run { "to send" } else { "sent" };
+            text.push_str(&listed(sent, &self.changed, self.files));
+        }
+        if !self.removed.is_empty() {
+            let gone = if self.dry_run { "to delete" } else { "deleted" };
+            text.push_str(&listed(gone, &self.removed, self.deleted));
+        }
+        if self.excluded > 0 {
+            text.push_str(&format!(
+                "\n{} entries left out (exclude, gitignore)",
+                self.excluded
+            ));
+        }
         if self.skipped > 0 {
             text.push_str(&format!(
                 "\n{} entries skipped (not regular files or directories)",
@@ -534,6 +601,11 @@ impl TransferResult {
         }
         text
     }
+}
+
+/// Whether a transfer's result is a directory's (a sync).
+fn is_tree(done: &pb::TransferDone) -> bool {
+    done.bytes_total > 0 || done.unchanged > 0 || done.dry_run || !done.changed.is_empty()
 }
 
 fn human_bytes(n: u64) -> String {

@@ -15,7 +15,7 @@ pub(super) fn compact_router<S>(router: &mut ToolRouter<S>) {
         drop_null_unions(&mut input);
         route.attr.input_schema = Arc::new(input);
         if let Some(out) = &route.attr.output_schema {
-            let mut shape = compact_schema(out);
+            let mut shape = compact_schema(&inline_definitions(out));
             strip_keys(&mut shape, &["description", "required"]);
             // Optional result fields are left out, never null (except `exit_code`).
             drop_null_unions(&mut shape);
@@ -29,8 +29,57 @@ pub(super) fn output_schema<T: JsonSchema + 'static>() -> Arc<rmcp::model::JsonO
     rmcp::handler::server::common::schema_for_output::<T>()
 }
 
+/// Replaces each `{"$ref": "#/$defs/Name"}` with the definition itself and drops `$defs`: the
+/// same schema, shorter by the references (result types are not recursive; a reference nested
+/// deeper than a few levels is left as it is).
+fn inline_definitions(schema: &rmcp::model::JsonObject) -> rmcp::model::JsonObject {
+    fn walk(
+        value: &serde_json::Value,
+        defs: &rmcp::model::JsonObject,
+        depth: u8,
+    ) -> serde_json::Value {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(name) = map
+                    .get("$ref")
+                    .and_then(|r| r.as_str())
+                    .and_then(|r| r.strip_prefix("#/$defs/"))
+                    && let Some(def) = defs.get(name)
+                    && depth < 8
+                {
+                    return walk(def, defs, depth + 1);
+                }
+                serde_json::Value::Object(
+                    map.iter()
+                        .map(|(k, v)| (k.clone(), walk(v, defs, depth)))
+                        .collect(),
+                )
+            }
+            serde_json::Value::Array(items) => {
+                serde_json::Value::Array(items.iter().map(|v| walk(v, defs, depth)).collect())
+            }
+            other => other.clone(),
+        }
+    }
+    let Some(serde_json::Value::Object(defs)) = schema.get("$defs") else {
+        return schema.clone();
+    };
+    let mut body = schema.clone();
+    body.remove("$defs");
+    match walk(&serde_json::Value::Object(body), defs, 0) {
+        serde_json::Value::Object(map)
+            if !serde_json::to_string(&map)
+                .unwrap_or_default()
+                .contains("#/$defs/") =>
+        {
+            map
+        }
+        _ => schema.clone(),
+    }
+}
+
 /// Drops schema keywords that cost context on every turn and tell a model nothing it needs
-/// (`$schema`, integer `format`s, `minimum: 0` on counts, `default: null`,
+/// (`$schema`, integer `format`s, `minimum: 0` on counts, `default: null` and `false`,
 /// `additionalProperties`); arguments are still validated in full (unknown ones refused) when
 /// they are deserialized.
 fn compact_schema(schema: &rmcp::model::JsonObject) -> rmcp::model::JsonObject {
@@ -38,7 +87,10 @@ fn compact_schema(schema: &rmcp::model::JsonObject) -> rmcp::model::JsonObject {
         match key {
             "$schema" | "format" | "additionalProperties" => true,
             "minimum" => value.as_u64() == Some(0),
-            "default" => value.is_null(),
+            // A port's (u16) bound: what does not fit is refused when deserialized anyway.
+            "maximum" => value.as_u64() == Some(u64::from(u16::MAX)),
+            // Left out, an optional argument takes its default; a false flag is the usual one.
+            "default" => value.is_null() || value == &serde_json::Value::Bool(false),
             _ => false,
         }
     }

@@ -66,27 +66,34 @@ enum Cmd {
         )]
         command: Vec<String>,
     },
-    /// Upload a file or directory (atomic; a progress bar on a terminal)
+    /// Upload a file or directory (atomic; a progress bar on a terminal); a directory is
+    /// synced: only files whose size or modification time differ are sent
     Upload {
         host: String,
         /// Local file or directory
         local: String,
-        /// Remote destination; an existing directory receives it by name
+        /// Remote destination: an existing directory receives a file by name; a directory
+        /// names the tree itself (ending in '/': the tree goes into it by its name)
         remote: String,
         /// Compare the SHA-256 with one computed on the host
         #[arg(long)]
         verify: bool,
+        #[command(flatten)]
+        sync: SyncFlags,
     },
-    /// Download a file or directory (atomic; a progress bar on a terminal)
+    /// Download a file or directory (atomic; a progress bar on a terminal); a directory is
+    /// synced as with upload
     Download {
         host: String,
         /// Remote file or directory
         remote: String,
-        /// Local destination; an existing directory receives it by name
+        /// Local destination, as the remote one of upload
         local: String,
         /// Compare the SHA-256 with one computed on the host
         #[arg(long)]
         verify: bool,
+        #[command(flatten)]
+        sync: SyncFlags,
     },
     /// List jobs (commands that outlive the call), whoever started them
     Jobs {
@@ -144,6 +151,38 @@ enum Cmd {
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions { shell: clap_complete::Shell },
+}
+
+/// What a directory transfer (a sync) may leave out, remove, or only report.
+#[derive(ClapArgs, Debug)]
+struct SyncFlags {
+    /// Leave out paths matching this gitignore-style pattern (repeatable)
+    #[arg(long, value_name = "PATTERN")]
+    exclude: Vec<String>,
+    /// Also honour the source tree's .gitignore and .ignore files
+    #[arg(long)]
+    gitignore: bool,
+    /// Remove destination files and directories the source does not have
+    #[arg(long)]
+    delete: bool,
+    /// Say what would be sent and removed; change nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Compare contents (SHA-256 on both sides) instead of size and modification time
+    #[arg(long)]
+    checksum: bool,
+}
+
+impl SyncFlags {
+    fn into_args(self) -> cmd::transfer::SyncArgs {
+        cmd::transfer::SyncArgs {
+            exclude: self.exclude,
+            gitignore: self.gitignore,
+            delete: self.delete,
+            dry_run: self.dry_run,
+            checksum: self.checksum,
+        }
+    }
 }
 
 /// Options of `exec`; they go between the host and the command, as ssh's do.
@@ -291,13 +330,21 @@ async fn run(args: Args, config_from_env: bool) -> ExitCode {
             local,
             remote,
             verify,
-        } => cmd::transfer::transfer(&ctx, true, host, local, remote, verify).await,
+            sync,
+        } => {
+            let paths = (host, local, remote);
+            cmd::transfer::transfer(&ctx, true, paths, verify, sync.into_args()).await
+        }
         Cmd::Download {
             host,
             remote,
             local,
             verify,
-        } => cmd::transfer::transfer(&ctx, false, host, local, remote, verify).await,
+            sync,
+        } => {
+            let paths = (host, local, remote);
+            cmd::transfer::transfer(&ctx, false, paths, verify, sync.into_args()).await
+        }
         Cmd::Jobs { host, state } => cmd::jobs::list(&ctx, host, state.map(job_state)).await,
         Cmd::Job(JobCmd::Start { host, cwd, command }) => {
             cmd::jobs::start(&ctx, host, cwd, command.join(" ")).await

@@ -154,7 +154,7 @@ impl Shim {
 #[tool_router(router = exec_router, vis = "pub(super)")]
 impl Shim {
     /// Run a shell command on a host.
-    #[tool(output_schema = output_schema::<ExecResult>(), annotations(destructive_hint = true, open_world_hint = true))]
+    #[tool(output_schema = output_schema::<ExecResult>())]
     async fn ssh_execute(
         &self,
         Parameters(p): Parameters<ExecuteParams>,
@@ -188,7 +188,7 @@ impl Shim {
     }
 
     /// Run commands in order; stops at the first failure.
-    #[tool(output_schema = output_schema::<BatchResult>(), annotations(destructive_hint = true, open_world_hint = true))]
+    #[tool(output_schema = output_schema::<BatchResult>())]
     async fn ssh_execute_batch(
         &self,
         Parameters(p): Parameters<BatchParams>,

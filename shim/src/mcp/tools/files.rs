@@ -20,13 +20,26 @@ use crate::mcp::{Call, PROGRESS_EVERY, Shim, error_result, status_text};
 #[serde(deny_unknown_fields)]
 pub struct UploadParams {
     pub host: String,
-    /// Local path (relative: to the client's cwd)
+    /// Relative: to the client's cwd
     pub local_path: String,
-    /// Destination (a directory gets it by name)
+    /// Dest; for a dir, the tree itself (ending /: into it)
     pub remote_path: String,
     /// Check SHA-256 on the host too
     #[serde(default)]
     pub verify: Option<bool>,
+    /// Gitignore-style patterns
+    #[serde(default)]
+    pub exclude: Option<Vec<String>>,
+    #[serde(default)]
+    pub gitignore: Option<bool>,
+    /// Remove files the source lacks
+    #[serde(default)]
+    pub delete: Option<bool>,
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+    /// Compare contents, not size+mtime
+    #[serde(default)]
+    pub checksum: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -34,17 +47,30 @@ pub struct UploadParams {
 pub struct DownloadParams {
     pub host: String,
     pub remote_path: String,
-    /// Destination (relative: to the client's cwd; a directory gets it by name)
+    /// Dest (relative: client's cwd), as ssh_upload's remote_path
     pub local_path: String,
     /// Check SHA-256 on the host too
     #[serde(default)]
     pub verify: Option<bool>,
+    /// Gitignore-style patterns
+    #[serde(default)]
+    pub exclude: Option<Vec<String>>,
+    #[serde(default)]
+    pub gitignore: Option<bool>,
+    /// Remove files the source lacks
+    #[serde(default)]
+    pub delete: Option<bool>,
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+    /// Compare contents, not size+mtime
+    #[serde(default)]
+    pub checksum: Option<bool>,
 }
 
 #[tool_router(router = files_router, vis = "pub(super)")]
 impl Shim {
-    /// Upload a file or directory (atomic).
-    #[tool(output_schema = output_schema::<TransferResult>(), annotations(destructive_hint = true, open_world_hint = true))]
+    /// Upload a file or directory (atomic; directories sync).
+    #[tool(output_schema = output_schema::<TransferResult>())]
     async fn ssh_upload(
         &self,
         Parameters(p): Parameters<UploadParams>,
@@ -59,13 +85,18 @@ impl Shim {
                 local_path: p.local_path,
                 remote_path: p.remote_path,
                 verify,
+                exclude: p.exclude.unwrap_or_default(),
+                gitignore: p.gitignore.unwrap_or(false),
+                delete: p.delete.unwrap_or(false),
+                dry_run: p.dry_run.unwrap_or(false),
+                checksum: p.checksum.unwrap_or(false),
             },
         )
         .await
     }
 
-    /// Download a file or directory (atomic).
-    #[tool(output_schema = output_schema::<TransferResult>(), annotations(destructive_hint = true, open_world_hint = true))]
+    /// Download a file or directory (atomic; directories sync).
+    #[tool(output_schema = output_schema::<TransferResult>())]
     async fn ssh_download(
         &self,
         Parameters(p): Parameters<DownloadParams>,
@@ -80,6 +111,11 @@ impl Shim {
                 local_path: p.local_path,
                 remote_path: p.remote_path,
                 verify,
+                exclude: p.exclude.unwrap_or_default(),
+                gitignore: p.gitignore.unwrap_or(false),
+                delete: p.delete.unwrap_or(false),
+                dry_run: p.dry_run.unwrap_or(false),
+                checksum: p.checksum.unwrap_or(false),
             },
         )
         .await

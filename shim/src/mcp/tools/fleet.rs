@@ -20,14 +20,13 @@ pub struct ManyParams {
     /// Host names, @groups, globs
     pub hosts: Vec<String>,
     pub command: String,
-    /// Seconds without output before stopping, per host
+    /// Seconds without output before stopping
     #[serde(default)]
     pub timeout: Option<u32>,
     #[serde(default)]
     pub cwd: Option<String>,
     /// Bytes kept per stream per host
     #[serde(default)]
-    #[schemars(range(min = 1024, max = 1048576))]
     pub max_output: Option<u32>,
     /// Start no more hosts after a failure
     #[serde(default)]
@@ -37,7 +36,7 @@ pub struct ManyParams {
 #[tool_router(router = fleet_router, vis = "pub(super)")]
 impl Shim {
     /// Run one command on many hosts at once; alike results gathered.
-    #[tool(output_schema = output_schema::<ManyResult>(), annotations(destructive_hint = true, open_world_hint = true))]
+    #[tool(output_schema = output_schema::<ManyResult>())]
     async fn ssh_execute_many(
         &self,
         Parameters(p): Parameters<ManyParams>,

@@ -33,8 +33,8 @@ pub struct ForwardParams {
 
 #[tool_router(router = forward_router, vis = "pub(super)")]
 impl Shim {
-    /// Forward a host's port to 127.0.0.1 (e.g. TensorBoard, Jupyter), kept by mcp-sshd until closed.
-    #[tool(output_schema = output_schema::<ForwardResult>(), annotations(idempotent_hint = true, destructive_hint = false, open_world_hint = true))]
+    /// Forward a host's port to 127.0.0.1 (TensorBoard, Jupyter…), kept by mcp-sshd until closed.
+    #[tool(output_schema = output_schema::<ForwardResult>(), annotations(idempotent_hint = true, destructive_hint = false))]
     async fn ssh_forward(
         &self,
         Parameters(p): Parameters<ForwardParams>,

@@ -67,7 +67,7 @@ impl Shim {
     }
 
     /// Check a host is reachable (connects if needed).
-    #[tool(output_schema = output_schema::<StatusResult>(), annotations(read_only_hint = true, open_world_hint = true))]
+    #[tool(output_schema = output_schema::<StatusResult>(), annotations(read_only_hint = true))]
     async fn ssh_status(
         &self,
         Parameters(p): Parameters<HostParams>,

@@ -287,9 +287,9 @@ impl Shim {
 #[tool_router(router = jobs_router, vis = "pub(super)")]
 impl Shim {
     #[tool(
-        description = "Start a long-running command on a host as a job that survives disconnects \
-                       and restarts; returns a job id (output and exit code via ssh_job_output).",
-        output_schema = output_schema::<JobStartResult>(), annotations(destructive_hint = true, open_world_hint = true))]
+        description = "Start a long-running command as a job that survives disconnects and \
+                       restarts; returns its id (output and exit code: ssh_job_output).",
+        output_schema = output_schema::<JobStartResult>())]
     async fn ssh_job_start(
         &self,
         Parameters(p): Parameters<JobStartParams>,
@@ -353,7 +353,7 @@ impl Shim {
         description = "A job's state, exit code and output windows (default: the tail; continue \
                        from next_offset). With wait, returns when it ends or a new line matches \
                        until.",
-        output_schema = output_schema::<JobOutputResult>(), annotations(read_only_hint = true, open_world_hint = true))]
+        output_schema = output_schema::<JobOutputResult>(), annotations(read_only_hint = true))]
     async fn ssh_job_output(
         &self,
         Parameters(p): Parameters<JobOutputParams>,
@@ -401,8 +401,8 @@ impl Shim {
         }
     }
 
-    /// Stop a job: its whole process group gets the signal, then KILL after a grace.
-    #[tool(output_schema = output_schema::<JobKillResult>(), annotations(destructive_hint = true, idempotent_hint = true, open_world_hint = true))]
+    /// Stop a job's whole process group (the signal, then KILL after a grace).
+    #[tool(output_schema = output_schema::<JobKillResult>(), annotations(idempotent_hint = true))]
     async fn ssh_job_kill(
         &self,
         Parameters(p): Parameters<JobKillParams>,
@@ -437,7 +437,7 @@ impl Shim {
     }
 
     /// List jobs (every client's): state, duration, exit code, last output line.
-    #[tool(output_schema = output_schema::<JobsResult>(), annotations(read_only_hint = true, open_world_hint = true))]
+    #[tool(output_schema = output_schema::<JobsResult>(), annotations(read_only_hint = true))]
     async fn ssh_jobs(
         &self,
         Parameters(p): Parameters<JobsParams>,

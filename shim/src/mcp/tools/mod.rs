@@ -82,7 +82,10 @@ mod tests {
                 for (name, prop) in props {
                     let p = prop.as_object().unwrap();
                     assert!(
-                        p.contains_key("type") || p.contains_key("$ref") || p.contains_key("anyOf"),
+                        p.contains_key("type")
+                            || p.contains_key("$ref")
+                            || p.contains_key("anyOf")
+                            || p.contains_key("oneOf"),
                         "{tool}: {path}.{name} is untyped: {prop}"
                     );
                 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mcp_ssh_proto::pb;
 use mcp_ssh_shim::client::{ClientError, resolve_local_path};
+use mcp_ssh_shim::mcp::results::TransferResult;
 use mcp_ssh_shim::mcp::{Call, status_text};
 use serde_json::json;
 
@@ -16,13 +17,22 @@ use super::Ctx;
 use crate::EXIT_ERROR;
 use crate::output::fail;
 
+/// A directory transfer's sync options, as the command line gave them.
+#[derive(Debug, Default)]
+pub struct SyncArgs {
+    pub exclude: Vec<String>,
+    pub gitignore: bool,
+    pub delete: bool,
+    pub dry_run: bool,
+    pub checksum: bool,
+}
+
 pub async fn transfer(
     ctx: &Ctx,
     upload: bool,
-    host: String,
-    local: String,
-    remote: String,
+    (host, local, remote): (String, String, String),
     verify: bool,
+    sync: SyncArgs,
 ) -> Result<ExitCode, ClientError> {
     let as_json = ctx.json;
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
@@ -33,6 +43,11 @@ pub async fn transfer(
         local_path,
         remote_path: remote,
         verify,
+        exclude: sync.exclude,
+        gitignore: sync.gitignore,
+        delete: sync.delete,
+        dry_run: sync.dry_run,
+        checksum: sync.checksum,
     };
     let mut files = client.files();
     let started = if upload {
@@ -82,8 +97,15 @@ pub async fn transfer(
                 "skipped": done.skipped, "duration_ms": done.duration_ms, "sha256": done.sha256,
                 "verified": verify.then_some(done.verified),
                 "verification": (!done.verification.is_empty()).then_some(&done.verification),
+                "unchanged": done.unchanged, "deleted": done.deleted, "excluded": done.excluded,
+                "bytes_total": done.bytes_total, "dry_run": done.dry_run,
+                "changed": done.changed, "removed": done.removed,
             })
         );
+    } else if done.bytes_total > 0 || done.unchanged > 0 || done.dry_run {
+        // A directory: the sync's own account (sent, unchanged, deleted, the first paths).
+        let verb = if upload { "uploaded" } else { "downloaded" };
+        println!("{}", TransferResult::new(done.clone(), verify).text(verb));
     } else {
         println!("{}", summary(upload, &done));
         println!("sha256 {}", done.sha256);
@@ -98,7 +120,7 @@ pub async fn transfer(
             println!("{}", done.verification);
         }
     }
-    Ok(if verify && !done.verified {
+    Ok(if verify && !done.verified && !done.dry_run {
         ExitCode::from(EXIT_ERROR)
     } else {
         ExitCode::SUCCESS
