@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 mod fleet;
 mod forwards;
 mod reach;
+mod sync;
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -29,8 +30,8 @@ struct Args {
     /// Where to write the results as JSON
     #[arg(long, default_value = "target/bench/results.json")]
     json: PathBuf,
-    /// Run only these sections (comma-separated: exec, startup, transfers, jobs, forwards,
-    /// reach, fleet, concurrency, memory); all of them by default
+    /// Run only these sections (comma-separated: exec, startup, transfers, sync, jobs,
+    /// forwards, reach, fleet, concurrency, memory); all of them by default
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -755,6 +756,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if runs("transfers") {
         transfers(&mut b, &daemon).await?;
+    }
+    if runs("sync") {
+        sync::sync(&mut b, &daemon).await?;
     }
     if runs("jobs") {
         jobs(&mut b, &daemon).await?;
