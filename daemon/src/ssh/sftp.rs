@@ -250,6 +250,18 @@ impl Sftp {
         }
     }
 
+    /// The mode, and the modification (and access) time when given, in one request.
+    pub async fn set_attrs(&self, path: &str, mode: u32, mtime: Option<u32>) -> OpResult<()> {
+        let attrs = FileAttributes {
+            permissions: Some(mode),
+            atime: mtime,
+            mtime,
+            ..FileAttributes::empty()
+        };
+        self.raw.setstat(path, attrs).await?;
+        Ok(())
+    }
+
     pub async fn set_mode(&self, path: &str, mode: u32) -> OpResult<()> {
         let attrs = FileAttributes {
             permissions: Some(mode),

@@ -332,7 +332,7 @@ pub async fn upload(
             &home,
             &spec.local,
             &dest,
-            meta.permissions().mode(),
+            (meta.permissions().mode(), None),
         )
         .await?;
         TransferOutcome {
@@ -351,14 +351,15 @@ pub async fn upload(
     Ok(outcome)
 }
 
-/// Uploads one file atomically; returns its SHA-256.
+/// Uploads one file atomically, with `mode` (and `mtime`, when given: a sync's); returns its
+/// SHA-256.
 async fn upload_file(
     ctx: &Ctx<'_>,
     sftp: &Sftp,
     home: &str,
     local: &Path,
     dest: &str,
-    mode: u32,
+    (mode, mtime): (u32, Option<u32>),
 ) -> Result<String, SshError> {
     let (dir, name) = remote_split(dest);
     let tmp = remote_join(
@@ -399,7 +400,7 @@ async fn upload_file(
     };
     let finished = match result {
         Ok(sha) => {
-            let renamed = match sftp.set_mode(&tmp, mode & 0o7777).await {
+            let renamed = match sftp.set_attrs(&tmp, mode & 0o7777, mtime).await {
                 Ok(()) => sftp.rename_over(&tmp, dest).await,
                 Err(e) => Err(e),
             };

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use futures_util::stream::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::super::tree::{self, Filter, Kind, Node, Tree};
@@ -38,6 +39,8 @@ pub struct SyncOptions {
 
 /// How many changed and removed paths a result lists (the counts are always whole).
 const LISTED: usize = 20;
+/// Files sent at once.
+const FILES_AT_ONCE: usize = 8;
 /// Files per `sha256sum` command on the host.
 const HASH_BATCH: usize = 200;
 
@@ -270,12 +273,43 @@ pub(super) async fn sync_tree(
     for (rel, mode) in &p.mkdirs {
         side.mkdir(rel, *mode).await?;
     }
+    // Several files at once: small files cost round trips more than bytes. After a failure no
+    // more start, and those under way finish (none is dropped halfway, leaving its temporary).
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    let (failed, send) = (&failed, &p.send);
+    let mut sends = futures_util::stream::iter(0..send.len())
+        .map(|i| {
+            let side = &side;
+            async move {
+                let (rel, size, mtime, mode) = &send[i];
+                if failed.load(relaxed) {
+                    return (rel, *size, None);
+                }
+                (rel, *size, Some(side.send(rel, *mode, *mtime).await))
+            }
+        })
+        .buffer_unordered(FILES_AT_ONCE);
     let mut manifest = Vec::new();
-    for (rel, size, mtime, mode) in &p.send {
-        let sha = side.send(rel, *mode, *mtime).await?;
-        outcome.bytes += size;
-        outcome.files += 1;
-        manifest.push(format!("{sha}  {rel}\n"));
+    let mut first_error = None;
+    while let Some((rel, size, sent)) = sends.next().await {
+        match sent {
+            // Not started: another file failed first.
+            None => {}
+            Some(Ok(sha)) => {
+                outcome.bytes += size;
+                outcome.files += 1;
+                manifest.push(format!("{sha}  {rel}\n"));
+            }
+            Some(Err(e)) => {
+                failed.store(true, relaxed);
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    drop(sends);
+    if let Some(e) = first_error {
+        return Err(e);
     }
     for (rel, mtime, mode) in &p.same {
         let there = dst.entries.get(rel);
@@ -456,19 +490,23 @@ impl Side<'_> {
         }
     }
 
-    /// Sends one file (atomically), then gives it the source's time; returns its SHA-256.
+    /// Sends one file (atomically) with the source's mode and time; returns its SHA-256.
     async fn send(&self, rel: &str, mode: u32, mtime: i64) -> Result<String, SshError> {
         let (local, remote) = (self.local_path(rel), self.remote_path(rel));
-        let sha = match self.way {
-            Way::Up => upload_file(self.ctx, self.sftp, self.home, &local, &remote, mode).await?,
-            Way::Down => {
-                download_file(self.ctx, self.sftp, self.home, &remote, &local, mode)
-                    .await?
-                    .1
+        match self.way {
+            Way::Up => {
+                // Set on the temporary file with its mode, before the rename: no extra request.
+                let secs = u32::try_from(mtime.max(0)).unwrap_or(u32::MAX);
+                let attrs = (mode, Some(secs));
+                upload_file(self.ctx, self.sftp, self.home, &local, &remote, attrs).await
             }
-        };
-        self.set_mtime(rel, mtime).await?;
-        Ok(sha)
+            Way::Down => {
+                let (_, sha) =
+                    download_file(self.ctx, self.sftp, self.home, &remote, &local, mode).await?;
+                self.set_mtime(rel, mtime).await?;
+                Ok(sha)
+            }
+        }
     }
 }
 
