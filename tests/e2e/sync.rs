@@ -289,6 +289,25 @@ async fn excludes_ignore_files_delete_and_dry_run_should_shape_the_sync() {
         "{}",
         down["text"]
     );
+    // Sync options on a single file are refused, and nothing is written.
+    let single = shim.call("ssh_upload", json!({ "host": "box", "local_path": tree.join("main.py"), "remote_path": dest.join("main.py"), "dry_run": true })).await;
+    assert!(is_error(&single));
+    assert!(
+        text(&single).contains("dry_run applies to directories only"),
+        "{}",
+        text(&single)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.join("main.py")).unwrap(),
+        "changed, longer"
+    );
+    std::fs::write(tree.join("main.py"), "not sent").unwrap();
+    let single = shim.call("ssh_upload", json!({ "host": "box", "local_path": tree.join("main.py"), "remote_path": dest.join("main.py"), "dry_run": true })).await;
+    assert!(is_error(&single));
+    assert_eq!(
+        std::fs::read_to_string(dest.join("main.py")).unwrap(),
+        "changed, longer"
+    );
     // A bad pattern is a clear error.
     let bad = shim
         .call("ssh_upload", args(json!({ "exclude": ["[z-a]"] })))

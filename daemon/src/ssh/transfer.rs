@@ -305,6 +305,11 @@ pub async fn upload(
     } else {
         remote
     };
+    if !meta.is_dir() {
+        spec.sync
+            .refuse_for_a_file()
+            .map_err(|e| fail(TransferKind::Other, e))?;
+    }
     let mut outcome = if meta.is_dir() {
         let (dest_dir, exists) = match sftp.stat(&dest).await {
             Ok(a) => (a.is_dir(), true),
@@ -609,6 +614,11 @@ pub async fn download(
             TransferKind::NotFound,
             format!("local directory {} does not exist", parent.display()),
         ));
+    }
+    if !attrs.is_dir() {
+        spec.sync
+            .refuse_for_a_file()
+            .map_err(|e| fail(TransferKind::Other, e))?;
     }
     let mut outcome = if attrs.is_dir() {
         if dest.exists() && !dest.is_dir() {

@@ -37,6 +37,31 @@ pub struct SyncOptions {
     pub checksum: bool,
 }
 
+impl SyncOptions {
+    /// The sync options mean nothing for a single file: asking for them (a dry run above all)
+    /// is refused before anything is written, rather than ignored.
+    pub(super) fn refuse_for_a_file(&self) -> Result<(), String> {
+        let asked: Vec<&str> = [
+            (self.dry_run, "dry_run"),
+            (!self.exclude.is_empty(), "exclude"),
+            (self.gitignore, "gitignore"),
+            (self.delete, "delete"),
+            (self.checksum, "checksum"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        if asked.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "{} appl{} to directories only; the source is a file, and nothing was transferred",
+            asked.join(", "),
+            if asked.len() == 1 { "ies" } else { "y" }
+        ))
+    }
+}
+
 /// How many changed and removed paths a result lists (the counts are always whole).
 const LISTED: usize = 20;
 /// Files sent at once.
