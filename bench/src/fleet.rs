@@ -15,7 +15,7 @@ use mcp_ssh_tests::shim::{Shim, is_error, structured, text};
 use mcp_ssh_tests::{Sshd, SshdOptions};
 use serde_json::{Value, json};
 
-use super::{Bench, ms, percentile, quiet_hosts_json, rss_mib, shim};
+use super::{Bench, ms, openssh_config, percentile, quiet_hosts_json, rss_mib, shim};
 
 /// What every host runs.
 const COMMAND: &str = "uname -r";
@@ -43,28 +43,13 @@ impl Fleet {
             .collect();
         let names: Vec<String> = (1..=hosts).map(|i| format!("fleet-{i:03}")).collect();
         let dir = sshds[0].dir.path();
-        let known = dir.join("known_hosts_all");
-        let lines: String = sshds
+        // Each sshd's line once: the hosts behind one sshd share its key.
+        let hosts: Vec<(&str, &Sshd)> = names
             .iter()
-            .map(|s| format!("{}\n", s.known_hosts_line()))
+            .enumerate()
+            .map(|(i, name)| (name.as_str(), &sshds[i % sshds.len()]))
             .collect();
-        std::fs::write(&known, lines)?;
-        let mut config = String::new();
-        for (i, name) in names.iter().enumerate() {
-            let sshd = &sshds[i % sshds.len()];
-            config.push_str(&format!(
-                "Host {name}\n  HostName 127.0.0.1\n  Port {}\n  IdentityFile {}\n",
-                sshd.port,
-                sshd.client_key.display()
-            ));
-        }
-        config.push_str(&format!(
-            "Host *\n  User {user}\n  BatchMode yes\n  IdentitiesOnly yes\n  \
-             StrictHostKeyChecking yes\n  UserKnownHostsFile {}\n  LogLevel ERROR\n",
-            known.display()
-        ));
-        let ssh_config = dir.join("ssh_config_fleet");
-        std::fs::write(&ssh_config, config)?;
+        let ssh_config = openssh_config(dir, &hosts, user)?;
         let control_dir = dir.join("cm");
         std::fs::create_dir_all(&control_dir)?;
         Ok(Fleet {

@@ -144,6 +144,34 @@ fn config_for(sshd: &Sshd, user: &str, aliases: usize) -> String {
     quiet_hosts_json(&hosts)
 }
 
+/// An OpenSSH client config (`-F`) in `dir` naming each `(alias, sshd)` as hosts.json would,
+/// with one known_hosts for all of them. With -J every hop is an ssh process of its own that
+/// gets `-F` but none of the command line's `-o` options: what must hold for every hop goes in
+/// the file. OpenSSH keeps the first value it reads, so the per-host blocks come before `Host *`.
+fn openssh_config(dir: &Path, hosts: &[(&str, &Sshd)], user: &str) -> anyhow::Result<PathBuf> {
+    let known = dir.join("known_hosts_all");
+    let mut lines: Vec<String> = hosts.iter().map(|(_, s)| s.known_hosts_line()).collect();
+    lines.sort_unstable();
+    lines.dedup();
+    std::fs::write(&known, lines.join("\n") + "\n")?;
+    let mut config = String::new();
+    for (name, sshd) in hosts {
+        config.push_str(&format!(
+            "Host {name}\n  HostName 127.0.0.1\n  Port {}\n  IdentityFile {}\n",
+            sshd.port,
+            sshd.client_key.display()
+        ));
+    }
+    config.push_str(&format!(
+        "Host *\n  User {user}\n  BatchMode yes\n  IdentitiesOnly yes\n  \
+         StrictHostKeyChecking yes\n  UserKnownHostsFile {}\n  LogLevel ERROR\n",
+        known.display()
+    ));
+    let path = dir.join("ssh_config");
+    std::fs::write(&path, config)?;
+    Ok(path)
+}
+
 /// hosts.json for these hosts with quiet logs: the daemon's own logging is not what is measured.
 fn quiet_hosts_json(hosts: &[Value]) -> String {
     hosts_json(hosts).replace("\"DEBUG\"", "\"WARNING\"")

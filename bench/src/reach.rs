@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use mcp_ssh_tests::Sshd;
 use mcp_ssh_tests::daemon::{Daemon, stop_by_lock_file};
 
-use super::{Bench, execute, ms, percentile, quiet_hosts_json, shim};
+use super::{Bench, execute, ms, openssh_config, percentile, quiet_hosts_json, shim};
 
 /// Host names, the same in hosts.json and in the OpenSSH config, so both sides read alike.
 const A: &str = "bastion-a";
@@ -32,31 +32,8 @@ struct Fixtures {
 impl Fixtures {
     fn start(user: &str) -> anyhow::Result<Fixtures> {
         let (a, b, target) = (Sshd::start(), Sshd::start(), Sshd::start());
-        // One known_hosts for every hop: the lines name each server by its port.
-        let known = target.dir.path().join("known_hosts_all");
-        let lines: String = [&a, &b, &target]
-            .iter()
-            .map(|s| format!("{}\n", s.known_hosts_line()))
-            .collect();
-        std::fs::write(&known, lines)?;
-        // With -J every hop is an ssh process of its own that gets `-F` but none of the
-        // command line's `-o` options: what must hold for every hop goes in the file. OpenSSH
-        // keeps the first value it reads, so the per-host blocks come before `Host *`.
-        let mut config = String::new();
-        for (name, sshd) in [(A, &a), (B, &b), (DIRECT, &target)] {
-            config.push_str(&format!(
-                "Host {name}\n  HostName 127.0.0.1\n  Port {}\n  IdentityFile {}\n",
-                sshd.port,
-                sshd.client_key.display()
-            ));
-        }
-        config.push_str(&format!(
-            "Host *\n  User {user}\n  BatchMode yes\n  IdentitiesOnly yes\n  \
-             StrictHostKeyChecking yes\n  UserKnownHostsFile {}\n  LogLevel ERROR\n",
-            known.display()
-        ));
-        let ssh_config = target.dir.path().join("ssh_config");
-        std::fs::write(&ssh_config, config)?;
+        let hops = [(A, &a), (B, &b), (DIRECT, &target)];
+        let ssh_config = openssh_config(target.dir.path(), &hops, user)?;
         Ok(Fixtures {
             a,
             b,

@@ -350,7 +350,7 @@ pub async fn upload(
     outcome.destination = shown(&sftp, &home, &dest);
     drop(sftp);
     if spec.verify && !meta.is_dir() {
-        outcome.verification = Some(verify(conn, &dest, &outcome, false, &spec.local).await);
+        outcome.verification = Some(verify(conn, &dest, &outcome, &spec.local).await);
     }
     outcome.duration = started.elapsed();
     Ok(outcome)
@@ -656,7 +656,7 @@ pub async fn download(
     outcome.destination = dest.display().to_string();
     drop(sftp);
     if spec.verify && !attrs.is_dir() {
-        outcome.verification = Some(verify(conn, &remote, &outcome, false, &dest).await);
+        outcome.verification = Some(verify(conn, &remote, &outcome, &dest).await);
     }
     outcome.duration = started.elapsed();
     Ok(outcome)
@@ -812,21 +812,17 @@ async fn receive_file(
 // ---------------------------------------------------------------------------------------------
 // Local trees and verification
 
-/// Checks the transferred data against a SHA-256 computed on the remote host.
+/// Checks a transferred file against a SHA-256 computed on the remote host (trees are checked
+/// file by file by the sync).
 async fn verify(
     conn: &Connection,
     remote: &str,
     outcome: &TransferOutcome,
-    is_dir: bool,
     local: &Path,
 ) -> (bool, String) {
     let host = &conn.host().name;
     let path = quote(remote);
-    let command = if is_dir {
-        format!("cd -- {path} && find . -type f -exec sha256sum {{}} + 2>/dev/null")
-    } else {
-        format!("sha256sum -- {path} 2>/dev/null || shasum -a 256 -- {path}")
-    };
+    let command = format!("sha256sum -- {path} 2>/dev/null || shasum -a 256 -- {path}");
     let output = match capture(conn, &command).await {
         Ok(output) => output,
         Err(e) => {
@@ -836,34 +832,18 @@ async fn verify(
             );
         }
     };
-    let remote_sha = if is_dir {
-        let mut manifest: Vec<String> = output
-            .lines()
-            .filter_map(|l| {
-                l.split_once("  ")
-                    .map(|(h, p)| format!("{h}  {}\n", p.trim_start_matches("./")))
-            })
-            .collect();
-        manifest.sort();
-        hex::encode(Sha256::digest(manifest.concat().as_bytes()))
-    } else {
-        output
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_string()
-    };
+    let remote_sha = output
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
     if remote_sha.len() != 64 {
         return (
             false,
             format!("not verified: {host} has neither sha256sum nor shasum"),
         );
     }
-    let what = if is_dir {
-        "every file's SHA-256"
-    } else {
-        "SHA-256"
-    };
+    let what = "SHA-256";
     if remote_sha == outcome.sha256 {
         (
             true,

@@ -106,7 +106,10 @@ impl Filter {
         }
         // The deepest directory with a rule about it decides.
         for (dir, rules) in self.dirs.iter().rev() {
-            let applies = dir.is_empty() || rel.starts_with(&format!("{dir}/"));
+            let applies = dir.is_empty()
+                || rel
+                    .strip_prefix(dir.as_str())
+                    .is_some_and(|below| below.starts_with('/'));
             if !applies {
                 continue;
             }
