@@ -548,16 +548,22 @@ impl TransferResult {
                 self.unchanged,
                 self.deleted
             ),
-            Some(total) => format!(
-                "{verb} {} ({files}; {} unchanged, {} deleted; {} in all) to {} in {}{rate}\nsha256 of the files sent {}",
-                human_bytes(self.bytes),
-                self.unchanged,
-                self.deleted,
-                human_bytes(total),
-                self.destination,
-                seconds(self.duration_ms),
-                self.sha256
-            ),
+            Some(total) => {
+                let mut text = format!(
+                    "{verb} {} ({files}; {} unchanged, {} deleted; {} in all) to {} in {}{rate}",
+                    human_bytes(self.bytes),
+                    self.unchanged,
+                    self.deleted,
+                    human_bytes(total),
+                    self.destination,
+                    seconds(self.duration_ms),
+                );
+                // The manifest ("<sha256>  <path>" lines) of what was sent; nothing sent, none.
+                if self.files > 0 {
+                    text.push_str(&format!("\nsha256 of the files sent {}", self.sha256));
+                }
+                text
+            }
             None => format!(
                 "{verb} {} ({files}) to {} in {}{rate}\nsha256 {}",
                 human_bytes(self.bytes),
@@ -585,14 +591,14 @@ impl TransferResult {
         }
         if self.excluded > 0 {
             text.push_str(&format!(
-                "\n{} entries left out (exclude, gitignore)",
-                self.excluded
+                "\n{} left out by exclude or ignore rules",
+                entries(self.excluded)
             ));
         }
         if self.skipped > 0 {
             text.push_str(&format!(
-                "\n{} entries skipped (not regular files or directories)",
-                self.skipped
+                "\n{} skipped (not regular files or directories)",
+                entries(self.skipped)
             ));
         }
         if let Some(v) = &self.verification {
@@ -600,6 +606,15 @@ impl TransferResult {
             text.push_str(v);
         }
         text
+    }
+}
+
+/// "1 entry", "3 entries".
+fn entries(n: u32) -> String {
+    if n == 1 {
+        "1 entry".into()
+    } else {
+        format!("{n} entries")
     }
 }
 
