@@ -8,6 +8,7 @@ pub mod fds;
 pub mod forwards;
 pub mod jobs;
 pub mod listener;
+pub mod partials;
 pub mod policy;
 pub mod registry;
 pub mod service;
@@ -110,6 +111,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), Daemo
     );
 
     reload_on_sighup(registry.clone())?;
+    service::expire_partials(&registry);
 
     let detach = {
         let registry = registry.clone();

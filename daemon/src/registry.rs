@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{Audit, ClientRef, Record};
 use crate::config::{Config, ConfigError, HostConfig, LogLevel};
 use crate::error::Error;
+use crate::partials::Partials;
 use crate::ssh::connection::OpenChannel;
 use crate::ssh::pending::{PendingStore, PendingTemps};
 use crate::ssh::transfer::{self, Progress, TransferOutcome, TransferSpec};
@@ -85,6 +86,8 @@ pub struct HostEntry {
     agents: Arc<ssh::AgentSockets>,
     /// Remote temporary files of uploads cut off with their connection, removed on reconnect.
     pending: PendingTemps,
+    /// Large files' temporary files kept for a resume (every host's).
+    partials: Arc<Partials>,
     /// The entry of the bastion this host is reached through (`proxy_jump`), whose connection
     /// carries this host's; set by [`Registry::link_bastions`].
     via: Mutex<Option<Arc<HostEntry>>>,
@@ -95,9 +98,10 @@ impl HostEntry {
         config: HostConfig,
         audit: Arc<Audit>,
         agents: Arc<ssh::AgentSockets>,
-        pending: PendingTemps,
+        (pending, partials): (PendingTemps, Arc<Partials>),
     ) -> HostEntry {
         HostEntry {
+            partials,
             audit,
             agents,
             config: Mutex::new(Arc::new(config)),
@@ -144,6 +148,16 @@ impl HostEntry {
             ago: when.elapsed(),
             retry_in,
         })
+    }
+
+    /// Removes a remote temporary file of ours: now when the host is connected, else once it is
+    /// reached again.
+    pub fn remove_remote_temp(&self, path: &str) {
+        self.pending.add(path);
+        if let Some(conn) = self.live_connection() {
+            let pending = self.pending.clone();
+            tokio::spawn(async move { transfer::clean_pending(&conn, &pending).await });
+        }
     }
 
     /// The host's connection, opened now if there is none. The bool is true when this call
@@ -389,9 +403,13 @@ impl HostEntry {
     ) -> Result<TransferOutcome, Error> {
         let (conn, _) = self.connection(caller).await?;
         let result = if upload {
-            transfer::upload(&conn, spec, progress, cancel, &self.pending).await
+            let keeping = transfer::Keeping {
+                pending: &self.pending,
+                partials: &self.partials,
+            };
+            transfer::upload(&conn, spec, progress, cancel, &keeping).await
         } else {
-            transfer::download(&conn, spec, progress, cancel).await
+            transfer::download(&conn, spec, progress, cancel, &self.partials).await
         };
         result.map_err(Error::from)
     }
@@ -503,6 +521,8 @@ pub struct Settings {
     pub warnings: Vec<String>,
     pub max_output_bytes: u32,
     pub job_retention: Duration,
+    /// How long a cut-off transfer's temporary file is kept for a resume.
+    pub partial_retention: Duration,
     pub groups: crate::config::Groups,
     /// The hosts' names in hosts.json order (calls over many hosts keep it).
     pub host_order: Vec<String>,
@@ -544,6 +564,8 @@ pub struct Registry {
     /// ssh-agent sockets announced by clients.
     pub agents: Arc<ssh::AgentSockets>,
     pending: Arc<PendingStore>,
+    /// Large files' temporary files kept for a resume.
+    pub partials: Arc<Partials>,
     pub config_path: PathBuf,
     pub socket_path: PathBuf,
     pub started_at: SystemTime,
@@ -586,6 +608,7 @@ impl Registry {
                 .collect(),
             max_output_bytes: config.max_output_bytes,
             job_retention: config.job_retention,
+            partial_retention: config.partial_retention,
             groups: config.groups,
             host_order: config.hosts.iter().map(|h| h.name.clone()).collect(),
             fanout: config.fanout,
@@ -599,12 +622,15 @@ impl Registry {
         let mut pending_file = socket_path.clone().into_os_string();
         pending_file.push(".pending.json");
         let pending = PendingStore::open(Some(PathBuf::from(pending_file)));
+        let mut partials_file = socket_path.clone().into_os_string();
+        partials_file.push(".partials.json");
+        let partials = Partials::open(Some(PathBuf::from(partials_file)));
         let hosts: BTreeMap<_, _> = config
             .hosts
             .into_iter()
             .map(|h| {
-                let host_pending = pending.for_host(&h.name);
-                let entry = HostEntry::new(h, audit.clone(), agents.clone(), host_pending);
+                let keeping = (pending.for_host(&h.name), partials.clone());
+                let entry = HostEntry::new(h, audit.clone(), agents.clone(), keeping);
                 (entry.name(), Arc::new(entry))
             })
             .collect();
@@ -617,6 +643,7 @@ impl Registry {
             audit,
             agents,
             pending,
+            partials,
             config_path: config.path,
             socket_path,
             started_at: SystemTime::now(),
@@ -666,7 +693,7 @@ impl Registry {
                             (*jump).clone(),
                             self.audit.clone(),
                             self.agents.clone(),
-                            self.pending.for_host(&jump.name),
+                            (self.pending.for_host(&jump.name), self.partials.clone()),
                         )),
                     };
                     used.push(found.clone());
@@ -772,12 +799,12 @@ impl Registry {
                     }
                     None => {
                         summary.added.push(name.clone());
-                        let pending = self.pending.for_host(&name);
+                        let keeping = (self.pending.for_host(&name), self.partials.clone());
                         Arc::new(HostEntry::new(
                             host,
                             self.audit.clone(),
                             self.agents.clone(),
-                            pending,
+                            keeping,
                         ))
                     }
                 };
@@ -801,6 +828,7 @@ impl Registry {
         settings.warnings = warnings.clone();
         settings.max_output_bytes = config.max_output_bytes;
         settings.job_retention = config.job_retention;
+        settings.partial_retention = config.partial_retention;
         settings.groups = config.groups;
         settings.host_order = host_order;
         settings.fanout = config.fanout;

@@ -6,7 +6,7 @@
 /// Major protocol version: the `v1` in `mcpssh.v1`.
 pub const PROTO_MAJOR: u32 = 1;
 /// Minor protocol version: bumped for additive changes.
-pub const PROTO_MINOR: u32 = 7;
+pub const PROTO_MINOR: u32 = 8;
 /// The version of this build of mcp-ssh.
 pub const PACKAGE_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Optional features the daemon advertises in `HelloReply.capabilities`.

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tonic::Code;
 
 use crate::common::{eventually, processes_matching, stdout_json, unique_token};
-use crate::transfer::{Step, assert_cut_transfers_leave_nothing};
+use crate::transfer::{Step, assert_cut_transfers_resume};
 
 /// A host entry reaching `sshd` through `proxy`, with short keepalive and connect deadlines.
 fn via_proxy(sshd: &Sshd, proxy: &FaultProxy, name: &str) -> Value {
@@ -153,11 +153,11 @@ async fn a_black_holed_host_should_fail_within_its_deadline_without_delaying_oth
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_reset_mid_transfer_should_leave_no_partial_file() {
+async fn transfers_cut_by_a_connection_reset_should_resume() {
     let sshd = Sshd::start();
     let proxy = FaultProxy::start(sshd.port);
     let daemon = Daemon::start(&hosts_json(&[via_proxy(&sshd, &proxy, "box")]));
-    assert_cut_transfers_leave_nothing(&daemon, |step| match step {
+    assert_cut_transfers_resume(&daemon, |step| match step {
         // Slow enough that the reset lands mid-transfer.
         Step::Start => proxy.set(Fault::Delay(Duration::from_millis(2))),
         Step::Cut => proxy.reset_all(),

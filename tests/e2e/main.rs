@@ -23,6 +23,7 @@ mod jobs_mcp;
 mod proxy_command;
 mod proxy_jump;
 mod reload;
+mod resume;
 mod security;
 mod service;
 mod shim;

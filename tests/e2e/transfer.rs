@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use mcp_ssh_proto::pb::{self, transfer_event};
 use mcp_ssh_tests::daemon::{Daemon, hosts_json};
-use mcp_ssh_tests::rpc::run;
 use mcp_ssh_tests::shim::{Shim, ShimOptions, is_error, structured, text, tool_result};
 use mcp_ssh_tests::{Sshd, SshdOptions, is_root, login_user};
 use nix::sys::signal::Signal;
@@ -182,10 +181,9 @@ async fn directories_should_transfer_recursively_with_modes() {
         .await;
     assert!(!is_error(&down), "{}", text(&down));
     assert_eq!(structured(&down)["files"], 4);
-    assert_eq!(
-        structured(&down)["sha256"],
-        s["sha256"],
-        "same manifest both ways"
+    assert!(
+        structured(&down).get("sha256").is_none(),
+        "a tree has no one hash"
     );
     let got = back.path().join("project");
     for rel in ["README", "src/main.py", "src/deep/data.bin", "run.sh"] {
@@ -289,21 +287,29 @@ async fn transfer_errors_should_say_what_and_where() {
     }
 }
 
-/// Starts a gRPC transfer and waits until data is moving.
-pub(crate) async fn start_moving(
+async fn open_transfer(
     daemon: &Daemon,
     upload: bool,
     request: pb::TransferRequest,
 ) -> tonic::Streaming<pb::TransferEvent> {
     let client = daemon.client().await;
     let mut files = client.files();
-    let mut stream = if upload {
+    if upload {
         files.upload(request).await
     } else {
         files.download(request).await
     }
     .unwrap()
-    .into_inner();
+    .into_inner()
+}
+
+/// Starts a gRPC transfer and waits until data is moving.
+pub(crate) async fn start_moving(
+    daemon: &Daemon,
+    upload: bool,
+    request: pb::TransferRequest,
+) -> tonic::Streaming<pb::TransferEvent> {
+    let mut stream = open_transfer(daemon, upload, request).await;
     loop {
         let event = stream
             .message()
@@ -345,71 +351,151 @@ pub(crate) enum Step {
     Heal,
 }
 
-/// Cuts off an upload and then a download of a 96 MiB file with `fault` while data moves, and
-/// checks that neither leaves a partial file, and that the remote temporary file of the upload
-/// is removed once the host is reachable again.
-pub(crate) async fn assert_cut_transfers_leave_nothing(
+/// Starts a gRPC transfer and waits until at least `share` of it has moved.
+pub(crate) async fn start_moving_past(
     daemon: &Daemon,
-    mut fault: impl FnMut(Step),
-) {
+    upload: bool,
+    request: pb::TransferRequest,
+    share: f64,
+) -> tonic::Streaming<pb::TransferEvent> {
+    let mut stream = start_moving(daemon, upload, request).await;
+    loop {
+        let event = stream
+            .message()
+            .await
+            .unwrap()
+            .expect("transfer ended before the cut");
+        if let Some(transfer_event::Event::Progress(p)) = event.event
+            && p.bytes_done as f64 >= share * p.bytes_total as f64
+        {
+            return stream;
+        }
+    }
+}
+
+/// Runs a gRPC transfer to its end and returns its result.
+pub(crate) async fn transfer_done(
+    daemon: &Daemon,
+    upload: bool,
+    request: pb::TransferRequest,
+) -> pb::TransferDone {
+    let mut stream = open_transfer(daemon, upload, request).await;
+    loop {
+        match stream.message().await {
+            Ok(Some(pb::TransferEvent {
+                event: Some(transfer_event::Event::Done(done)),
+            })) => return done,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("stream ended without a result"),
+            Err(status) => panic!("transfer failed: {status:?}"),
+        }
+    }
+}
+
+/// The kept temporary files (`.NAME.mcpssh-part-ID.tmp`) in `dir`.
+pub(crate) fn kept_parts(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains(".mcpssh-part-"))
+        .collect()
+}
+
+fn request(local: &Path, remote: &Path) -> pb::TransferRequest {
+    pb::TransferRequest {
+        host: "box".into(),
+        local_path: local.display().to_string(),
+        remote_path: remote.display().to_string(),
+        verify: true,
+        ..Default::default()
+    }
+}
+
+/// Cuts off an upload and then a download of a 256 MiB file with `fault` at about half, checks
+/// that neither leaves a partial destination but each keeps its temporary file, and that the
+/// same transfer asked again resumes from it and ends byte-identical.
+pub(crate) async fn assert_cut_transfers_resume(daemon: &Daemon, mut fault: impl FnMut(Step)) {
+    const SIZE: usize = 256 * 1024 * 1024;
     let local = tempfile::tempdir().unwrap();
     let remote = shared_dir();
     let big = local.path().join("big.bin");
-    random_file(&big, 96 * 1024 * 1024);
+    random_file(&big, SIZE);
 
     let dest = remote.path().join("big.bin");
-    let request = pb::TransferRequest {
-        host: "box".into(),
-        local_path: big.display().to_string(),
-        remote_path: dest.display().to_string(),
-        verify: false,
-        ..Default::default()
-    };
     fault(Step::Start);
-    let stream = start_moving(daemon, true, request).await;
+    let stream = start_moving_past(daemon, true, request(&big, &dest), 0.5).await;
     fault(Step::Cut);
     let status = final_error(stream).await;
     assert!(status.message().contains("lost"), "{status:?}");
-    assert!(!dest.exists(), "no partial destination");
-    fault(Step::Heal);
-    let client = daemon.client().await;
-    assert_eq!(run(&client, "box", "true", 0).await.code(), Some(0));
     assert!(
-        eventually(Duration::from_secs(10), || leftovers(remote.path())
-            .is_empty()),
-        "leftover not cleaned after reconnect: {:?}",
+        status.message().contains("asked again resumes"),
+        "says what was kept: {status:?}"
+    );
+    assert!(!dest.exists(), "no partial destination");
+    assert_eq!(
+        kept_parts(remote.path()).len(),
+        1,
+        "{:?}",
         leftovers(remote.path())
     );
+    fault(Step::Heal);
+    let done = transfer_done(daemon, true, request(&big, &dest)).await;
+    assert!(
+        done.resumed_from >= (SIZE / 4) as u64,
+        "resumed from {} of {SIZE}: {done:?}",
+        done.resumed_from
+    );
+    assert!(done.verified, "{done:?}");
+    assert_eq!(done.sha256, sha256(&big));
+    assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&big).unwrap());
+    assert!(
+        leftovers(remote.path()).is_empty(),
+        "{:?}",
+        leftovers(remote.path())
+    );
+    eprintln!("upload cut at half resumed from byte {}", done.resumed_from);
 
     let source = remote.path().join("source.bin");
     std::fs::copy(&big, &source).unwrap();
     let back = tempfile::tempdir().unwrap();
     let target = back.path().join("copy.bin");
-    let request = pb::TransferRequest {
-        host: "box".into(),
-        local_path: target.display().to_string(),
-        remote_path: source.display().to_string(),
-        verify: false,
-        ..Default::default()
-    };
     fault(Step::Start);
-    let stream = start_moving(daemon, false, request).await;
+    let stream = start_moving_past(daemon, false, request(&target, &source), 0.5).await;
     fault(Step::Cut);
     let status = final_error(stream).await;
     assert!(status.message().contains("lost"), "{status:?}");
     assert!(!target.exists());
+    assert_eq!(
+        kept_parts(back.path()).len(),
+        1,
+        "{:?}",
+        leftovers(back.path())
+    );
+    fault(Step::Heal);
+    let done = transfer_done(daemon, false, request(&target, &source)).await;
+    assert!(done.resumed_from >= (SIZE / 4) as u64, "{done:?}");
+    assert!(done.verified, "{done:?}");
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        std::fs::read(&big).unwrap()
+    );
     assert!(
         leftovers(back.path()).is_empty(),
         "{:?}",
         leftovers(back.path())
     );
+    eprintln!(
+        "download cut at half resumed from byte {}",
+        done.resumed_from
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sshd_killed_mid_transfer_should_leave_no_partial_files() {
+async fn transfers_cut_by_a_killed_sshd_should_resume() {
     let mut sshd = Sshd::start();
     let daemon = Daemon::start(&hosts_json(&[sshd.host("box", &login_user())]));
-    assert_cut_transfers_leave_nothing(&daemon, |step| match step {
+    assert_cut_transfers_resume(&daemon, |step| match step {
         Step::Start => {}
         Step::Cut => {
             // Stopped first, so the kill cannot let a last packet through.
@@ -506,9 +592,12 @@ async fn cancelling_a_transfer_should_stop_it_and_clean_up() {
         "the upload never started"
     );
     handle.cancel(Some("changed my mind".into())).await.unwrap();
+    // What was sent is kept for a resume, under the transfer's own name, and nothing else.
     assert!(
-        eventually(Duration::from_secs(10), || leftovers(remote.path())
-            .is_empty()),
+        eventually(Duration::from_secs(10), || {
+            let left = leftovers(remote.path());
+            left.len() == 1 && left[0].contains(".mcpssh-part-")
+        }),
         "{:?}",
         leftovers(remote.path())
     );
@@ -551,41 +640,56 @@ async fn transfers_should_report_progress() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_daemon_killed_mid_upload_should_have_its_successor_remove_the_remote_temp() {
+async fn a_daemon_killed_mid_upload_should_leave_its_successor_a_part_to_resume() {
+    const SIZE: usize = 256 * 1024 * 1024;
     let sshd = Sshd::start();
     let mut daemon = Daemon::start(&hosts_json(&[sshd.host("box", &login_user())]));
     let local = tempfile::tempdir().unwrap();
     let remote = shared_dir();
     let big = local.path().join("big.bin");
-    random_file(&big, 96 * 1024 * 1024);
-    let request = pb::TransferRequest {
-        host: "box".into(),
-        local_path: big.display().to_string(),
-        remote_path: remote.path().join("big.bin").display().to_string(),
-        verify: false,
-        ..Default::default()
-    };
-    let stream = start_moving(&daemon, true, request).await;
+    random_file(&big, SIZE);
+    let dest = remote.path().join("big.bin");
+    let stream = start_moving_past(&daemon, true, request(&big, &dest), 0.5).await;
     daemon.signal(Signal::SIGKILL);
     daemon.wait_exit(Duration::from_secs(5));
     assert!(daemon.pid().is_none(), "the daemon survived SIGKILL");
     drop(stream);
     assert_eq!(
-        leftovers(remote.path()).len(),
+        kept_parts(remote.path()).len(),
         1,
-        "the cut-off upload's temp file"
-    );
-    assert!(!remote.path().join("big.bin").exists());
-
-    // The next daemon knows about it and removes it once it reaches the host.
-    daemon.spawn();
-    let client = daemon.client().await;
-    assert_eq!(run(&client, "box", "true", 0).await.code(), Some(0));
-    assert!(
-        eventually(Duration::from_secs(10), || leftovers(remote.path())
-            .is_empty()),
         "{:?}",
         leftovers(remote.path())
+    );
+    assert!(!dest.exists());
+
+    // The next daemon knows about it: listed, then resumed after checking it.
+    daemon.spawn();
+    let out = daemon.ctl(&["partials", "--json"]);
+    let listed = crate::common::stdout_json(&out);
+    assert_eq!(
+        listed["kept"][0]["destination"],
+        dest.display().to_string(),
+        "{listed}"
+    );
+    assert_eq!(listed["kept"][0]["direction"], "upload");
+    let done = transfer_done(&daemon, true, request(&big, &dest)).await;
+    assert!(
+        done.resumed_from >= (SIZE / 4) as u64,
+        "resumed from {}: {done:?}",
+        done.resumed_from
+    );
+    assert!(done.verified, "{done:?}");
+    assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&big).unwrap());
+    assert!(
+        leftovers(remote.path()).is_empty(),
+        "{:?}",
+        leftovers(remote.path())
+    );
+    let out = daemon.ctl(&["partials", "--json"]);
+    assert_eq!(crate::common::stdout_json(&out)["kept"], json!([]));
+    eprintln!(
+        "upload cut by SIGKILL resumed by the next daemon from byte {}",
+        done.resumed_from
     );
 }
 

@@ -87,6 +87,10 @@ struct RawConfig {
     /// their job directory is removed: seconds, or a duration such as "7d", "12h", "30m".
     #[serde(default)]
     job_retention: Option<RawDuration>,
+    /// How long the temporary file of a large transfer that was cut off is kept for a resume
+    /// before it is removed: seconds, or a duration such as "7d", "12h".
+    #[serde(default)]
+    partial_retention: Option<RawDuration>,
     /// The OpenSSH client configuration that ssh_config_host and ssh_config_hosts read
     /// (default ~/.ssh/config, ~ meaning $HOME).
     #[serde(default)]
@@ -335,6 +339,8 @@ pub const CIPHERS: &[&str] = &[
 
 /// How long finished jobs are kept by default.
 pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A cut-off transfer's temporary file is kept this long for a resume.
+pub const DEFAULT_PARTIAL_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How much of each output stream (stdout, stderr) a tool result keeps, by default and at most.
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 32 * 1024;
 pub const HARD_MAX_OUTPUT_BYTES: u64 = 1024 * 1024;
@@ -357,6 +363,8 @@ pub struct Config {
     pub max_output_bytes: u32,
     /// How long finished jobs are kept.
     pub job_retention: Duration,
+    /// How long a cut-off transfer's temporary file is kept for a resume.
+    pub partial_retention: Duration,
     pub hosts: Vec<HostConfig>,
     pub groups: Groups,
     /// Hosts one call over many hosts works on at once.
@@ -564,6 +572,10 @@ impl Config {
             Some(raw) => raw.parse("job_retention").map_err(invalid)?,
             None => DEFAULT_JOB_RETENTION,
         };
+        let partial_retention = match &raw.partial_retention {
+            Some(raw) => raw.parse("partial_retention").map_err(invalid)?,
+            None => DEFAULT_PARTIAL_RETENTION,
+        };
         let ssh = SshConfigFile::new(raw.ssh_config_file.as_deref().map(expand_tilde));
         let mut raw_hosts = raw.hosts;
         if let Some(patterns) = &raw.ssh_config_hosts {
@@ -633,6 +645,7 @@ impl Config {
             audit_log_file: raw.audit_log_file.as_deref().map(expand_tilde),
             max_output_bytes: u32::try_from(raw.max_output_bytes).unwrap_or(u32::MAX),
             job_retention,
+            partial_retention,
             hosts,
             groups,
             fanout: raw.fanout,

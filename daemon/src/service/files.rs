@@ -119,6 +119,8 @@ impl Service {
                             dry_run: done.dry_run,
                             changed: done.changed,
                             removed: done.removed,
+                            resumed_from: done.resumed_from,
+                            resume_note: done.resume_note.unwrap_or_default(),
                         })),
                     })
                 }
@@ -163,5 +165,12 @@ impl pb::files_server::Files for Service {
         req: Request<pb::TransferRequest>,
     ) -> Result<Response<EventStream>, Status> {
         self.transfer(req, false).await
+    }
+
+    async fn partials(
+        &self,
+        req: Request<pb::PartialsRequest>,
+    ) -> Result<Response<pb::PartialsReply>, Status> {
+        Service::partials(self, req).await
     }
 }

@@ -4,8 +4,10 @@ mod exec;
 mod files;
 mod forwards;
 mod jobs;
+mod partials;
 
 pub(crate) use exec::{authorize, check_command, command_record};
+pub use partials::expire as expire_partials;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -209,6 +211,7 @@ impl pb::daemon_server::Daemon for Service {
                 .iter()
                 .map(|h| self.host_state(h, &per_host))
                 .collect(),
+            partials: partials::kept_now(r),
             warnings: settings.warnings,
             proto_major: PROTO_MAJOR,
             proto_minor: PROTO_MINOR,

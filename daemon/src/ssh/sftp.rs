@@ -182,6 +182,21 @@ impl Sftp {
         Ok(self.raw.open(path, flags, attrs).await?.handle)
     }
 
+    /// Opens an existing file for writing, as it is (a kept temporary file being resumed).
+    pub async fn open_write(&self, path: &str) -> OpResult<String> {
+        let flags = OpenFlags::WRITE;
+        Ok(self
+            .raw
+            .open(path, flags, FileAttributes::empty())
+            .await?
+            .handle)
+    }
+
+    /// The attributes of `path` itself, not of what a link there points at.
+    pub async fn lstat(&self, path: &str) -> OpResult<FileAttributes> {
+        Ok(self.raw.lstat(path).await?.attrs)
+    }
+
     pub async fn open_read(&self, path: &str) -> OpResult<String> {
         Ok(self
             .raw

@@ -1,17 +1,24 @@
-//! Uploads and downloads: atomic on both sides, pipelined, hashed, inactivity-timed, cancellable.
+//! Uploads and downloads: atomic on both sides, pipelined, inactivity-timed, cancellable,
+//! resumable for large files.
 //!
-//! Upload: data goes to `.NAME.mcpssh-upload-ID.tmp` beside the destination and is renamed over it
-//! (`posix-rename`) only when complete and closed without error; the mode follows the local
-//! file. Download: the same with `.NAME.mcpssh-download-ID.tmp` locally, synced before the rename.
-//! On failure the temporary file is removed; if the connection is gone, the remote one is
-//! remembered and removed when the host is reached again.
+//! Upload ([`send`]): data goes to `.NAME.mcpssh-upload-ID.tmp` beside the destination and is
+//! renamed over it (`posix-rename`) only when complete and closed without error; the mode
+//! follows the local file. Download ([`receive`]): the same with `.NAME.mcpssh-download-ID.tmp`
+//! locally, synced before the rename. On failure the temporary file is removed; if the
+//! connection is gone, the remote one is remembered and removed when the host is reached again.
+//! Files from [`resume::RESUME_MIN`] on use `.NAME.mcpssh-part-ID.tmp`, named for the transfer,
+//! and keep it when cut off ([`resume`]). Directories are synced ([`sync`]).
+//!
+//! Integrity: SSH's MAC (or AEAD cipher) already guarantees every byte arrives as sent, and the
+//! rename that the destination holds the whole file. `verify` adds an end-to-end SHA-256: of the
+//! data as read here, while it moves, against one computed on the host from what landed on its
+//! disk. Without `verify` nothing is hashed, which on two cores is a third of the CPU.
 
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -19,9 +26,15 @@ use super::exec::{self, ExecRequest, Output};
 use super::pending::PendingTemps;
 use super::sftp::{OpError, Sftp};
 use super::{Connection, SshError};
+use crate::partials::Partials;
 use crate::policy::quote;
 
+mod receive;
+mod resume;
+mod send;
 mod sync;
+use receive::download_file;
+use send::upload_file;
 pub use sync::SyncOptions;
 
 /// Most SFTP requests kept in flight (about 4 MiB of data is the aim; see `send_file`).
@@ -85,6 +98,18 @@ pub struct TransferOutcome {
     pub dry_run: bool,
     pub changed: Vec<String>,
     pub removed: Vec<String>,
+    /// A single file: bytes that were already in place from a kept temporary file, or why a
+    /// kept one was not used.
+    pub resumed_from: u64,
+    pub resume_note: Option<String>,
+}
+
+/// Where a transfer keeps what it needs beyond the connection.
+pub struct Keeping<'a> {
+    /// Remote temporary files to remove once the host is reached again.
+    pub pending: &'a PendingTemps,
+    /// Large files' temporary files kept for a resume.
+    pub partials: &'a Arc<Partials>,
 }
 
 /// Shared state of one transfer.
@@ -93,7 +118,10 @@ struct Ctx<'a> {
     progress: &'a watch::Sender<Progress>,
     cancel: &'a CancellationToken,
     pending: &'a PendingTemps,
+    partials: &'a Arc<Partials>,
     idle: Duration,
+    /// Compute the SHA-256 of each file's data as it moves (a single file's `verify`).
+    hash: bool,
 }
 
 impl Ctx<'_> {
@@ -149,6 +177,15 @@ fn remote_split(path: &str) -> (String, String) {
     }
 }
 
+/// A remote path made absolute against the login directory.
+fn absolute(home: &str, path: &str) -> String {
+    if path.starts_with('/') {
+        path.to_string()
+    } else {
+        remote_join(home, path)
+    }
+}
+
 fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -157,12 +194,7 @@ fn file_name(path: &Path) -> String {
 
 /// A remote path as the user should read it.
 fn shown(sftp: &Sftp, home: &str, path: &str) -> String {
-    let full = if path.starts_with('/') {
-        path.to_string()
-    } else {
-        remote_join(home, path)
-    };
-    format!("{}:{full}", sftp.host())
+    format!("{}:{}", sftp.host(), absolute(home, path))
 }
 
 /// Phrases an SFTP failure on `path` while doing `what`.
@@ -260,19 +292,21 @@ pub async fn upload(
     spec: &TransferSpec,
     progress: &watch::Sender<Progress>,
     cancel: &CancellationToken,
-    pending: &PendingTemps,
+    keeping: &Keeping<'_>,
 ) -> Result<TransferOutcome, SshError> {
     let started = Instant::now();
+    let meta = tokio::fs::metadata(&spec.local)
+        .await
+        .map_err(|e| local_error(e, "read", &spec.local))?;
     let ctx = Ctx {
         conn,
         progress,
         cancel,
-        pending,
+        pending: keeping.pending,
+        partials: keeping.partials,
         idle: spec.idle_timeout,
+        hash: spec.verify && !meta.is_dir(),
     };
-    let meta = tokio::fs::metadata(&spec.local)
-        .await
-        .map_err(|e| local_error(e, "read", &spec.local))?;
     let sftp = Sftp::open(conn, spec.idle_timeout).await?;
     let home = sftp.home().await.unwrap_or_else(|_| ".".into());
     let remote = remote_relative(&spec.remote);
@@ -331,7 +365,7 @@ pub async fn upload(
             p.bytes_total = meta.len();
             p.files_total = 1;
         });
-        let sha = upload_file(
+        let sent = upload_file(
             &ctx,
             &sftp,
             &home,
@@ -343,7 +377,9 @@ pub async fn upload(
         TransferOutcome {
             bytes: meta.len(),
             files: 1,
-            sha256: sha,
+            sha256: sent.sha256.unwrap_or_default(),
+            resumed_from: sent.resumed_from,
+            resume_note: sent.note,
             ..TransferOutcome::default()
         }
     };
@@ -354,164 +390,6 @@ pub async fn upload(
     }
     outcome.duration = started.elapsed();
     Ok(outcome)
-}
-
-/// Uploads one file atomically, with `mode` (and `mtime`, when given: a sync's); returns its
-/// SHA-256.
-async fn upload_file(
-    ctx: &Ctx<'_>,
-    sftp: &Sftp,
-    home: &str,
-    local: &Path,
-    dest: &str,
-    (mode, mtime): (u32, Option<u32>),
-) -> Result<String, SshError> {
-    let (dir, name) = remote_split(dest);
-    let tmp = remote_join(
-        &dir,
-        &format!(".{name}.mcpssh-upload-{}.tmp", unique_suffix()),
-    );
-    let file = tokio::fs::File::open(local)
-        .await
-        .map_err(|e| local_error(e, "read", local))?;
-    ctx.pending.add(&tmp);
-    let handle = match sftp.create_exclusive(&tmp, 0o600).await {
-        Ok(handle) => handle,
-        Err(e) => {
-            ctx.pending.done(&tmp);
-            let what = "write into directory";
-            return Err(match e {
-                OpError::NotFound => fail(
-                    TransferKind::NotFound,
-                    format!(
-                        "remote directory {} does not exist",
-                        shown(sftp, home, &dir)
-                    ),
-                ),
-                e => phrase(ctx, sftp, home, e, what, &dir).await,
-            });
-        }
-    };
-    let result = send_file(ctx, sftp, home, file, &handle, &tmp, local).await;
-    let result = match result {
-        Ok(sha) => match sftp.close(&handle).await {
-            Ok(()) => Ok(sha),
-            Err(e) => Err(phrase(ctx, sftp, home, e, "finish writing", &tmp).await),
-        },
-        Err(e) => {
-            sftp.close_after_failure(&handle).await;
-            Err(e)
-        }
-    };
-    let finished = match result {
-        Ok(sha) => {
-            let renamed = match sftp.set_attrs(&tmp, mode & 0o7777, mtime).await {
-                Ok(()) => sftp.rename_over(&tmp, dest).await,
-                Err(e) => Err(e),
-            };
-            match renamed {
-                Ok(()) => Ok(sha),
-                Err(e) => Err(phrase(ctx, sftp, home, e, "replace", dest).await),
-            }
-        }
-        Err(e) => Err(e),
-    };
-    match finished {
-        Ok(sha) => {
-            ctx.pending.done(&tmp);
-            ctx.advance(0, 1);
-            Ok(sha)
-        }
-        Err(e) => {
-            remove_remote_temp(ctx.conn, sftp, &tmp, ctx.pending).await;
-            Err(e)
-        }
-    }
-}
-
-/// Streams the local file into the open remote handle, keeping about 4 MiB of writes in
-/// flight. Reading and hashing run on a thread of their own (hashing alone would otherwise take a
-/// third of a core at these speeds).
-async fn send_file(
-    ctx: &Ctx<'_>,
-    sftp: &Sftp,
-    home: &str,
-    file: tokio::fs::File,
-    handle: &str,
-    tmp: &str,
-    local: &Path,
-) -> Result<String, SshError> {
-    let (blocks_tx, mut blocks) = mpsc::channel::<Vec<u8>>(8);
-    let mut file = file.into_std().await;
-    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-        use std::io::Read;
-        let mut hasher = Sha256::new();
-        loop {
-            let mut block = vec![0u8; BLOCK];
-            let mut filled = 0;
-            while filled < BLOCK {
-                let n = file.read(&mut block[filled..])?;
-                if n == 0 {
-                    break;
-                }
-                filled += n;
-            }
-            if filled == 0 {
-                break;
-            }
-            block.truncate(filled);
-            hasher.update(&block);
-            if blocks_tx.blocking_send(block).is_err() {
-                break; // the transfer stopped
-            }
-        }
-        Ok(hex::encode(hasher.finalize()))
-    });
-    let chunk_len = sftp.write_len() as usize;
-    let in_flight = (4 * 1024 * 1024 / chunk_len).clamp(8, IN_FLIGHT);
-    let mut offset = 0u64;
-    let mut writes = FuturesUnordered::new();
-    let mut eof = false;
-    let sent: Result<(), SshError> = async {
-        loop {
-            // Fill the pipeline.
-            while !eof && writes.len() < in_flight {
-                let Some(block) = blocks.recv().await else {
-                    eof = true;
-                    break;
-                };
-                for chunk in block.chunks(chunk_len) {
-                    let data = chunk.to_vec();
-                    let len = data.len() as u64;
-                    let at = offset;
-                    offset += len;
-                    writes.push(async move { sftp.write(handle, at, data).await.map(|()| len) });
-                }
-            }
-            if writes.is_empty() {
-                return Ok(());
-            }
-            tokio::select! {
-                done = writes.next() => match done {
-                    Some(Ok(len)) => ctx.advance(len, 0),
-                    Some(Err(e)) => return Err(phrase(ctx, sftp, home, e, "write", tmp).await),
-                    None => {}
-                },
-                () = ctx.cancel.cancelled() => return Err(fail(TransferKind::Cancelled, "transfer cancelled".into())),
-                () = ctx.conn.lost() => return Err(ctx.conn.lost_error()),
-                () = sftp.ended() => {
-                    return Err(phrase(ctx, sftp, home, OpError::Gone("the server ended the SFTP session".into()), "write", tmp).await);
-                }
-            }
-        }
-    }
-    .await;
-    drop(blocks);
-    let hashed = reader
-        .await
-        .map_err(|e| fail(TransferKind::Other, format!("local reader failed: {e}")))?;
-    sent?;
-    hashed.map_err(|e| local_error(e, "read", local))
 }
 
 /// Removes a remote temporary file now, or remembers it for when the host is reached again.
@@ -565,15 +443,18 @@ pub async fn download(
     spec: &TransferSpec,
     progress: &watch::Sender<Progress>,
     cancel: &CancellationToken,
+    partials: &Arc<Partials>,
 ) -> Result<TransferOutcome, SshError> {
     let started = Instant::now();
     let pending = PendingTemps::default();
-    let ctx = Ctx {
+    let mut ctx = Ctx {
         conn,
         progress,
         cancel,
         pending: &pending,
+        partials,
         idle: spec.idle_timeout,
+        hash: false,
     };
     let sftp = Sftp::open(conn, spec.idle_timeout).await?;
     let home = sftp.home().await.unwrap_or_else(|_| ".".into());
@@ -588,6 +469,7 @@ pub async fn download(
         }
         Err(e) => return Err(phrase(&ctx, &sftp, &home, e, "read", &remote).await),
     };
+    ctx.hash = spec.verify && !attrs.is_dir();
     let local_is_dir = tokio::fs::metadata(&spec.local)
         .await
         .map(|m| m.is_dir())
@@ -637,19 +519,14 @@ pub async fn download(
             p.bytes_total = attrs.len();
             p.files_total = 1;
         });
-        let (bytes, sha) = download_file(
-            &ctx,
-            &sftp,
-            &home,
-            &remote,
-            &dest,
-            attrs.permissions.unwrap_or(0o644),
-        )
-        .await?;
+        let mode_size = (attrs.permissions.unwrap_or(0o644), attrs.len());
+        let (bytes, sent) = download_file(&ctx, &sftp, &home, &remote, &dest, mode_size).await?;
         TransferOutcome {
             bytes,
             files: 1,
-            sha256: sha,
+            sha256: sent.sha256.unwrap_or_default(),
+            resumed_from: sent.resumed_from,
+            resume_note: sent.note,
             ..TransferOutcome::default()
         }
     };
@@ -660,153 +537,6 @@ pub async fn download(
     }
     outcome.duration = started.elapsed();
     Ok(outcome)
-}
-
-/// Downloads one file atomically; returns its size and SHA-256.
-async fn download_file(
-    ctx: &Ctx<'_>,
-    sftp: &Sftp,
-    home: &str,
-    remote: &str,
-    dest: &Path,
-    mode: u32,
-) -> Result<(u64, String), SshError> {
-    let parent = dest.parent().unwrap_or(Path::new("/"));
-    let tmp = parent.join(format!(
-        ".{}.mcpssh-download-{}.tmp",
-        file_name(dest),
-        unique_suffix()
-    ));
-    let handle = match sftp.open_read(remote).await {
-        Ok(handle) => handle,
-        Err(e) => return Err(phrase(ctx, sftp, home, e, "read", remote).await),
-    };
-    let result = receive_file(ctx, sftp, home, remote, &handle, &tmp, mode).await;
-    match &result {
-        Ok(_) => {
-            if let Err(e) = sftp.close(&handle).await {
-                tracing::debug!("closing {remote} after reading it: {e:?}");
-            }
-        }
-        Err(_) => sftp.close_after_failure(&handle).await,
-    }
-    let finished = match result {
-        Ok(done) => tokio::fs::rename(&tmp, dest)
-            .await
-            .map(|()| done)
-            .map_err(|e| local_error(e, "replace", dest)),
-        Err(e) => Err(e),
-    };
-    if finished.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
-    } else {
-        ctx.advance(0, 1);
-    }
-    finished
-}
-
-async fn receive_file(
-    ctx: &Ctx<'_>,
-    sftp: &Sftp,
-    home: &str,
-    remote: &str,
-    handle: &str,
-    tmp: &Path,
-    mode: u32,
-) -> Result<(u64, String), SshError> {
-    let std_file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(tmp)
-        .map_err(|e| local_error(e, "create", tmp))?;
-    // Disk writes and hashing run on a thread of their own, so the network never waits for them.
-    let (to_disk, mut from_net) = mpsc::channel::<Vec<u8>>(32);
-    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String)> {
-        use std::io::Write;
-        // The file must be on disk before it is renamed into place. Flushing it as it grows, on
-        // a helper thread, leaves only the tail for the final sync instead of the whole file.
-        let early = std_file.try_clone()?;
-        let (sync_now, sync_requests) = std::sync::mpsc::sync_channel::<()>(1);
-        let syncer = std::thread::spawn(move || {
-            while sync_requests.recv().is_ok() {
-                let _ = early.sync_data();
-            }
-        });
-        let mut file = std::io::BufWriter::with_capacity(BLOCK, std_file);
-        let mut hasher = Sha256::new();
-        let mut written = 0u64;
-        let mut synced_at = 0u64;
-        while let Some(data) = from_net.blocking_recv() {
-            hasher.update(&data);
-            file.write_all(&data)?;
-            written += data.len() as u64;
-            if written - synced_at >= EARLY_SYNC_EVERY {
-                synced_at = written;
-                let _ = sync_now.try_send(());
-            }
-        }
-        drop(sync_now);
-        let _ = syncer.join();
-        let file = file
-            .into_inner()
-            .map_err(std::io::IntoInnerError::into_error)?;
-        file.sync_all()?;
-        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
-        Ok((written, hex::encode(hasher.finalize())))
-    });
-    let chunk = sftp.read_len() as usize;
-    let in_flight = (4 * 1024 * 1024 / chunk).clamp(8, IN_FLIGHT);
-    let mut reads = futures_util::stream::iter((0u64..).map(|i| i * chunk as u64))
-        .map(|at| async move {
-            sftp.read(handle, at, chunk as u32)
-                .await
-                .map(|data| (at, data))
-        })
-        .buffered(in_flight);
-    let received: Result<(), SshError> = async {
-        loop {
-            let next = tokio::select! {
-                next = reads.next() => next,
-                () = ctx.cancel.cancelled() => return Err(fail(TransferKind::Cancelled, "transfer cancelled".into())),
-                () = ctx.conn.lost() => return Err(ctx.conn.lost_error()),
-                () = sftp.ended() => {
-                    return Err(phrase(ctx, sftp, home, OpError::Gone("the server ended the SFTP session".into()), "read", remote).await);
-                }
-            };
-            let (at, mut data) = match next {
-                Some(Ok(read)) => read,
-                Some(Err(e)) => return Err(phrase(ctx, sftp, home, e, "read", remote).await),
-                None => return Ok(()),
-            };
-            if data.is_empty() {
-                return Ok(()); // end of file
-            }
-            // A short read before the end: fetch the rest of this chunk before moving on.
-            while data.len() < chunk {
-                match sftp.read(handle, at + data.len() as u64, (chunk - data.len()) as u32).await {
-                    Ok(more) if more.is_empty() => break,
-                    Ok(more) => data.extend_from_slice(&more),
-                    Err(e) => return Err(phrase(ctx, sftp, home, e, "read", remote).await),
-                }
-            }
-            let len = data.len();
-            if to_disk.send(data).await.is_err() {
-                return Ok(()); // the writer failed; its error is reported below
-            }
-            ctx.advance(len as u64, 0);
-            if len < chunk {
-                return Ok(());
-            }
-        }
-    }
-    .await;
-    drop(to_disk);
-    let written = writer
-        .await
-        .map_err(|e| fail(TransferKind::Other, format!("local writer failed: {e}")))?;
-    received?;
-    written.map_err(|e| local_error(e, "write", tmp))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -474,8 +474,15 @@ pub struct TransferResult {
     /// Only from 1 MiB on: below, the rate says more about latency than throughput.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mib_per_s: Option<f64>,
-    pub sha256: String,
+    /// A single file with verify: its SHA-256, checked on both sides.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     pub destination: String,
+    /// Bytes already there from a cut-off earlier run (checked), or why those were not used.
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub resumed_from: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume_note: Option<String>,
     #[serde(skip_serializing_if = "is_zero_u32")]
     pub skipped: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -504,18 +511,26 @@ fn is_zero_u32(n: &u32) -> bool {
     *n == 0
 }
 
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
 impl TransferResult {
     pub fn new(done: pb::TransferDone, verify: bool) -> TransferResult {
         let secs = (done.duration_ms as f64 / 1000.0).max(0.000_001);
         let tree = is_tree(&done);
+        let moved = done.bytes.saturating_sub(done.resumed_from);
         TransferResult {
             bytes: done.bytes,
             files: done.files,
             duration_ms: done.duration_ms,
-            mib_per_s: (done.bytes >= 1_048_576)
-                .then(|| ((done.bytes as f64 / 1_048_576.0) / secs * 10.0).round() / 10.0),
-            sha256: done.sha256,
+            // Of what moved in this call: a resumed file's kept part did not.
+            mib_per_s: (moved >= 1_048_576)
+                .then(|| ((moved as f64 / 1_048_576.0) / secs * 10.0).round() / 10.0),
+            sha256: (!done.sha256.is_empty()).then_some(done.sha256),
             destination: done.destination,
+            resumed_from: done.resumed_from,
+            resume_note: (!done.resume_note.is_empty()).then_some(done.resume_note),
             skipped: done.skipped,
             verified: verify.then_some(done.verified && !done.dry_run),
             verification: verify.then_some(done.verification),
@@ -548,30 +563,36 @@ impl TransferResult {
                 self.unchanged,
                 self.deleted
             ),
-            Some(total) => {
-                let mut text = format!(
-                    "{verb} {} ({files}; {} unchanged, {} deleted; {} in all) to {} in {}{rate}",
-                    human_bytes(self.bytes),
-                    self.unchanged,
-                    self.deleted,
-                    human_bytes(total),
-                    self.destination,
-                    seconds(self.duration_ms),
-                );
-                // The manifest ("<sha256>  <path>" lines) of what was sent; nothing sent, none.
-                if self.files > 0 {
-                    text.push_str(&format!("\nsha256 of the files sent {}", self.sha256));
-                }
-                text
-            }
+            Some(total) => format!(
+                "{verb} {} ({files}; {} unchanged, {} deleted; {} in all) to {} in {}{rate}",
+                human_bytes(self.bytes),
+                self.unchanged,
+                self.deleted,
+                human_bytes(total),
+                self.destination,
+                seconds(self.duration_ms),
+            ),
             None => format!(
-                "{verb} {} ({files}) to {} in {}{rate}\nsha256 {}",
+                "{verb} {} ({files}) to {} in {}{rate}",
                 human_bytes(self.bytes),
                 self.destination,
                 seconds(self.duration_ms),
-                self.sha256
             ),
         };
+        if self.resumed_from > 0 {
+            text.push_str(&format!(
+                "\nresumed from byte {}: the {} kept from an earlier, cut-off run matched the source (SHA-256 on both sides) and were not sent again",
+                self.resumed_from,
+                human_bytes(self.resumed_from)
+            ));
+        }
+        if let Some(note) = &self.resume_note {
+            text.push('\n');
+            text.push_str(note);
+        }
+        if let Some(sha) = &self.sha256 {
+            text.push_str(&format!("\nsha256 {sha}"));
+        }
         let listed = |label: &str, paths: &[String], count: u32| {
             let more = (count as usize).saturating_sub(paths.len());
             let tail = if more > 0 {
@@ -629,5 +650,48 @@ fn human_bytes(n: u64) -> String {
         1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
         1_048_576..1_073_741_824 => format!("{:.1} MiB", n as f64 / 1_048_576.0),
         _ => format!("{:.2} GiB", n as f64 / 1_073_741_824.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transfer_should_say_what_moved_and_what_was_resumed() {
+        let done = pb::TransferDone {
+            bytes: 28,
+            files: 1,
+            duration_ms: 5,
+            destination: "box:/tmp/x".into(),
+            ..Default::default()
+        };
+        let plain = TransferResult::new(done, false);
+        assert_eq!(
+            plain.text("uploaded"),
+            "uploaded 28 B (1 file) to box:/tmp/x in 5 ms"
+        );
+        assert!(plain.sha256.is_none());
+
+        let resumed = pb::TransferDone {
+            bytes: 512 << 20,
+            files: 1,
+            duration_ms: 1_000,
+            destination: "/d".into(),
+            resumed_from: 256 << 20,
+            sha256: "ab".repeat(32),
+            verified: true,
+            verification: "verified: …".into(),
+            ..Default::default()
+        };
+        let result = TransferResult::new(resumed, true);
+        // The rate is of what moved in this call.
+        assert_eq!(result.mib_per_s, Some(256.0));
+        let text = result.text("downloaded");
+        assert!(text.contains("resumed from byte 268435456"), "{text}");
+        assert!(
+            text.contains(&format!("sha256 {}", "ab".repeat(32))),
+            "{text}"
+        );
     }
 }

@@ -311,20 +311,18 @@ pub(super) async fn sync_tree(
                 if failed.load(relaxed) {
                     return (rel, *size, None);
                 }
-                (rel, *size, Some(side.send(rel, *mode, *mtime).await))
+                (rel, *size, Some(side.send(rel, *size, *mode, *mtime).await))
             }
         })
         .buffer_unordered(FILES_AT_ONCE);
-    let mut manifest = Vec::new();
     let mut first_error = None;
-    while let Some((rel, size, sent)) = sends.next().await {
+    while let Some((_, size, sent)) = sends.next().await {
         match sent {
             // Not started: another file failed first.
             None => {}
-            Some(Ok(sha)) => {
+            Some(Ok(())) => {
                 outcome.bytes += size;
                 outcome.files += 1;
-                manifest.push(format!("{sha}  {rel}\n"));
             }
             Some(Err(e)) => {
                 failed.store(true, relaxed);
@@ -359,8 +357,6 @@ pub(super) async fn sync_tree(
     for (rel, kind) in &p.delete {
         side.remove(rel, *kind).await?;
     }
-    manifest.sort();
-    outcome.sha256 = hex::encode(Sha256::digest(manifest.concat().as_bytes()));
     if verify {
         let files: Vec<(String, i64, u32)> = src
             .entries
@@ -515,21 +511,21 @@ impl Side<'_> {
         }
     }
 
-    /// Sends one file (atomically) with the source's mode and time; returns its SHA-256.
-    async fn send(&self, rel: &str, mode: u32, mtime: i64) -> Result<String, SshError> {
+    /// Sends one file of `size` bytes (atomically) with the source's mode and time.
+    async fn send(&self, rel: &str, size: u64, mode: u32, mtime: i64) -> Result<(), SshError> {
         let (local, remote) = (self.local_path(rel), self.remote_path(rel));
         match self.way {
             Way::Up => {
                 // Set on the temporary file with its mode, before the rename: no extra request.
                 let secs = u32::try_from(mtime.max(0)).unwrap_or(u32::MAX);
                 let attrs = (mode, Some(secs));
-                upload_file(self.ctx, self.sftp, self.home, &local, &remote, attrs).await
+                upload_file(self.ctx, self.sftp, self.home, &local, &remote, attrs).await?;
+                Ok(())
             }
             Way::Down => {
-                let (_, sha) =
-                    download_file(self.ctx, self.sftp, self.home, &remote, &local, mode).await?;
-                self.set_mtime(rel, mtime).await?;
-                Ok(sha)
+                let attrs = (mode, size);
+                download_file(self.ctx, self.sftp, self.home, &remote, &local, attrs).await?;
+                self.set_mtime(rel, mtime).await
             }
         }
     }

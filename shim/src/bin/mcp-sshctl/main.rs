@@ -135,6 +135,16 @@ enum Cmd {
         #[arg(long, value_name = "ID", conflicts_with = "host")]
         close: Option<String>,
     },
+    /// List the temporary files of large transfers that were cut off, kept so that the same
+    /// upload or download asked again resumes; or remove them
+    Partials {
+        /// Remove the kept transfer with this id and its temporary file (repeatable)
+        #[arg(long, value_name = "ID")]
+        discard: Vec<String>,
+        /// Remove every kept transfer that is not running
+        #[arg(long, conflicts_with = "discard")]
+        all: bool,
+    },
     /// Close the daemon's connection to a host
     Disconnect { host: String },
     /// Re-read hosts.json (as SIGHUP does); an invalid file changes nothing and exits 4
@@ -310,6 +320,7 @@ async fn run(args: Args, config_from_env: bool) -> ExitCode {
     };
     let result = match args.command {
         Cmd::Status => cmd::status::status(&ctx).await,
+        Cmd::Partials { discard, all } => cmd::partials::partials(&ctx, discard, all).await,
         Cmd::Hosts => cmd::status::hosts(&ctx).await,
         Cmd::Exec { host, run, command } if cmd::fleet::is_many(&host) => {
             let ask = cmd::fleet::ManyAsk {

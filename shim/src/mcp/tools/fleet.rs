@@ -25,7 +25,7 @@ pub struct ManyParams {
     pub timeout: Option<u32>,
     #[serde(default)]
     pub cwd: Option<String>,
-    /// Bytes kept per stream per host
+    /// Bytes per stream per host
     #[serde(default)]
     pub max_output: Option<u32>,
     /// Start no more hosts after a failure

@@ -20,7 +20,7 @@ pub struct ForwardParams {
     /// Port of the service, as seen from the host
     #[schemars(range(min = 1))]
     pub remote_port: u16,
-    /// Default localhost (the host itself)
+    /// Default: the host itself
     #[serde(default)]
     pub remote_host: Option<String>,
     /// Port on 127.0.0.1 (default: a free one)

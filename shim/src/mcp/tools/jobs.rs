@@ -288,7 +288,7 @@ impl Shim {
 impl Shim {
     #[tool(
         description = "Start a long-running command as a job that survives disconnects and \
-                       restarts; returns its id (output and exit code: ssh_job_output).",
+                       restarts; follow it with ssh_job_output.",
         output_schema = output_schema::<JobStartResult>())]
     async fn ssh_job_start(
         &self,
@@ -350,9 +350,8 @@ impl Shim {
     }
 
     #[tool(
-        description = "A job's state, exit code and output windows (default: the tail; continue \
-                       from next_offset). With wait, returns when it ends or a new line matches \
-                       until.",
+        description = "A job's state, exit code and output (default: the tail; continue from \
+                       next_offset). wait: until it ends or a new line matches until.",
         output_schema = output_schema::<JobOutputResult>(), annotations(read_only_hint = true))]
     async fn ssh_job_output(
         &self,

@@ -7,6 +7,7 @@ pub mod exec;
 pub mod fleet;
 pub mod forward;
 pub mod jobs;
+pub mod partials;
 pub mod status;
 pub mod transfer;
 

@@ -125,6 +125,14 @@ fn status_text(s: &pb::StatusReply) -> String {
         let _ = writeln!(out, "\nforwards ({})", forwards.len());
         out.push_str(&super::forward::table(&forwards));
     }
+    if !s.partials.is_empty() {
+        let _ = writeln!(
+            out,
+            "\npartial transfers kept for a resume ({}; mcp-sshctl partials --discard ID removes one)",
+            s.partials.len()
+        );
+        out.push_str(&super::partials::table(&s.partials));
+    }
     let _ = writeln!(out, "\nclients ({})", s.clients.len());
     for c in &s.clients {
         let version = if c.version.is_empty() {
@@ -238,6 +246,7 @@ fn status_json(s: &pb::StatusReply) -> serde_json::Value {
         "jobs_known": s.jobs_known, "jobs_running": s.jobs_running,
         "hosts": s.hosts.iter().map(host_json).collect::<Vec<_>>(),
         "bastions": s.bastions.iter().map(host_json).collect::<Vec<_>>(),
+        "partials": s.partials.iter().map(super::partials::partial_json).collect::<Vec<_>>(),
         "clients": s.clients.iter().map(|c| json!({
             "id": c.client_id, "name": c.name, "version": c.version, "pid": c.pid,
             "kind": match pb::ClientKind::try_from(c.kind) {

@@ -4,9 +4,8 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mcp_ssh_proto::pb;
 use mcp_ssh_shim::client::{ClientError, resolve_local_path};
 use mcp_ssh_shim::mcp::results::TransferResult;
@@ -94,7 +93,10 @@ pub async fn transfer(
             json!({
                 "host": host, "direction": if upload { "upload" } else { "download" },
                 "destination": done.destination, "bytes": done.bytes, "files": done.files,
-                "skipped": done.skipped, "duration_ms": done.duration_ms, "sha256": done.sha256,
+                "skipped": done.skipped, "duration_ms": done.duration_ms,
+                "sha256": (!done.sha256.is_empty()).then_some(&done.sha256),
+                "resumed_from": done.resumed_from,
+                "resume_note": (!done.resume_note.is_empty()).then_some(&done.resume_note),
                 "verified": verify.then_some(done.verified),
                 "verification": (!done.verification.is_empty()).then_some(&done.verification),
                 "unchanged": done.unchanged, "deleted": done.deleted, "excluded": done.excluded,
@@ -102,59 +104,16 @@ pub async fn transfer(
                 "changed": done.changed, "removed": done.removed,
             })
         );
-    } else if done.bytes_total > 0 || done.unchanged > 0 || done.dry_run {
-        // A directory: the sync's own account (sent, unchanged, deleted, the first paths).
+    } else {
+        // The same account as the MCP tool's text: sent, unchanged, deleted, resumed, verified.
         let verb = if upload { "uploaded" } else { "downloaded" };
         println!("{}", TransferResult::new(done.clone(), verify).text(verb));
-    } else {
-        println!("{}", summary(upload, &done));
-        println!("sha256 {}", done.sha256);
-        if done.skipped > 0 {
-            println!(
-                "skipped {} entr{} that are neither files nor directories (symlinks, devices)",
-                done.skipped,
-                if done.skipped == 1 { "y" } else { "ies" }
-            );
-        }
-        if verify {
-            println!("{}", done.verification);
-        }
     }
     Ok(if verify && !done.verified && !done.dry_run {
         ExitCode::from(EXIT_ERROR)
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// `uploaded 512.00 MiB (1 file) to /data/x.bin in 1.6 s, 310.2 MiB/s`; the rate only when
-/// there was enough to measure.
-fn summary(upload: bool, done: &pb::TransferDone) -> String {
-    let took = Duration::from_millis(done.duration_ms);
-    let mut line = format!(
-        "{} {} ({} file{}) to {} in {}",
-        if upload { "uploaded" } else { "downloaded" },
-        HumanBytes(done.bytes),
-        done.files,
-        if done.files == 1 { "" } else { "s" },
-        done.destination,
-        short_duration(took)
-    );
-    if done.bytes >= 1 << 20 && took >= Duration::from_millis(50) {
-        let per_sec = (done.bytes as f64 / took.as_secs_f64()) as u64;
-        line.push_str(&format!(", {}/s", HumanBytes(per_sec)));
-    }
-    line
-}
-
-fn short_duration(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{} ms", d.as_millis())
-    } else if d < Duration::from_secs(60) {
-        format!("{:.1} s", d.as_secs_f64())
-    } else {
-        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
-    }
 }
 
 /// `[########>-----------]  45%  230.00 MiB/512.00 MiB  310.20 MiB/s  ETA 1s`, on stderr, as wide
@@ -180,36 +139,5 @@ fn show_progress(bar: &ProgressBar, p: &pb::TransferProgress) {
     bar.set_position(p.bytes_done);
     if p.files_total > 1 {
         bar.set_message(format!("  {}/{} files", p.files_done, p.files_total));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_summary_names_size_destination_and_time() {
-        let done = pb::TransferDone {
-            bytes: 28,
-            files: 1,
-            duration_ms: 5,
-            destination: "/tmp/x".into(),
-            ..Default::default()
-        };
-        assert_eq!(
-            summary(true, &done),
-            "uploaded 28 B (1 file) to /tmp/x in 5 ms"
-        );
-        let big = pb::TransferDone {
-            bytes: 512 << 20,
-            files: 3,
-            duration_ms: 2_000,
-            destination: "/d".into(),
-            ..Default::default()
-        };
-        assert_eq!(
-            summary(false, &big),
-            "downloaded 512.00 MiB (3 files) to /d in 2.0 s, 256.00 MiB/s"
-        );
     }
 }

@@ -1,0 +1,309 @@
+//! One file up: written to a temporary file beside the destination, pipelined, then given its
+//! mode (and time) and renamed over the destination only when complete and closed without
+//! error. Large files get a temporary name of their own transfer and keep it when cut off, so
+//! the same upload asked again resumes (see `resume`).
+
+use std::collections::BTreeSet;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use russh_sftp::protocol::FileType;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::resume::{self, RESUME_MIN, Start};
+use super::{
+    BLOCK, Ctx, IN_FLIGHT, OpError, Sftp, SshError, TransferKind, absolute, fail, local_error,
+    phrase, remote_join, remote_split, remove_remote_temp, shown, unique_suffix,
+};
+use crate::partials::{Claim, Partial};
+
+/// What one file's transfer did.
+#[derive(Debug, Default)]
+pub struct Sent {
+    /// The file's SHA-256, when the transfer was asked to compute it (`Ctx::hash`).
+    pub sha256: Option<String>,
+    /// Bytes that were already in place from a kept temporary file.
+    pub resumed_from: u64,
+    /// Why a kept temporary file was not used.
+    pub note: Option<String>,
+}
+
+/// Uploads one file atomically, with `mode` (and `mtime`, when given: a sync's).
+pub(super) async fn upload_file(
+    ctx: &Ctx<'_>,
+    sftp: &Sftp,
+    home: &str,
+    local: &Path,
+    dest: &str,
+    (mode, mtime): (u32, Option<u32>),
+) -> Result<Sent, SshError> {
+    let (dir, name) = remote_split(dest);
+    let file = std::fs::File::open(local).map_err(|e| local_error(e, "read", local))?;
+    let size = file
+        .metadata()
+        .map_err(|e| local_error(e, "read", local))?
+        .len();
+    let mut claim = None;
+    let tmp = if size >= RESUME_MIN {
+        let (tmp, held) =
+            claim_upload(ctx, home, local, dest, size).map_err(|e| fail(TransferKind::Other, e))?;
+        claim = Some(held);
+        tmp
+    } else {
+        let tmp = remote_join(
+            &dir,
+            &format!(".{name}.mcpssh-upload-{}.tmp", unique_suffix()),
+        );
+        ctx.pending.add(&tmp);
+        tmp
+    };
+    let start = match &claim {
+        Some((_, earlier)) => {
+            resumable_start(ctx, sftp, local, &tmp, earlier.as_ref(), size).await?
+        }
+        None => Start::default(),
+    };
+    let opened = if start.from > 0 {
+        sftp.open_write(&tmp).await
+    } else {
+        if claim.is_some() {
+            // An earlier run's file that did not match: this run writes its own.
+            let _ = sftp.remove(&tmp).await;
+        }
+        sftp.create_exclusive(&tmp, 0o600).await
+    };
+    let handle = match opened {
+        Ok(handle) => handle,
+        Err(e) => {
+            ctx.pending.done(&tmp);
+            drop(claim); // the record, if any, stays as it was
+            let what = "write into directory";
+            return Err(match e {
+                OpError::NotFound => fail(
+                    TransferKind::NotFound,
+                    format!(
+                        "remote directory {} does not exist",
+                        shown(sftp, home, &dir)
+                    ),
+                ),
+                e => phrase(ctx, sftp, home, e, what, &dir).await,
+            });
+        }
+    };
+    let resumed_from = start.from;
+    let note = start.note.clone();
+    let (result, written) = send_file(ctx, sftp, home, file, &handle, &tmp, local, start).await;
+    let result = match result {
+        Ok(sha) => match sftp.close(&handle).await {
+            Ok(()) => Ok(sha),
+            Err(e) => Err(phrase(ctx, sftp, home, e, "finish writing", &tmp).await),
+        },
+        Err(e) => {
+            sftp.close_after_failure(&handle).await;
+            Err(e)
+        }
+    };
+    let finished = match result {
+        Ok(sha) => {
+            let renamed = match sftp.set_attrs(&tmp, mode & 0o7777, mtime).await {
+                Ok(()) => sftp.rename_over(&tmp, dest).await,
+                Err(e) => Err(e),
+            };
+            match renamed {
+                Ok(()) => Ok(sha),
+                Err(e) => Err(phrase(ctx, sftp, home, e, "replace", dest).await),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    match (finished, claim) {
+        (Ok(sha256), claim) => {
+            ctx.pending.done(&tmp);
+            if let Some((claim, _)) = claim {
+                claim.done();
+            }
+            ctx.advance(0, 1);
+            Ok(Sent {
+                sha256,
+                resumed_from,
+                note,
+            })
+        }
+        (Err(e), Some((claim, _))) if written > 0 && resume::worth_keeping(&e) => {
+            claim.keep(written);
+            let temp = shown(sftp, home, &tmp);
+            Err(resume::noting(e, &resume::kept_note(written, &temp, true)))
+        }
+        (Err(e), claim) => {
+            ctx.pending.add(&tmp);
+            remove_remote_temp(ctx.conn, sftp, &tmp, ctx.pending).await;
+            if let Some((claim, _)) = claim {
+                claim.done();
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Claims the upload of `local` to `dest` for this call; returns its temporary file's path.
+fn claim_upload(
+    ctx: &Ctx<'_>,
+    home: &str,
+    local: &Path,
+    dest: &str,
+    size: u64,
+) -> Result<(String, (Claim, Option<Partial>)), String> {
+    let (dir, name) = remote_split(dest);
+    let host = ctx.conn.host().name.clone();
+    let (source, destination) = (local.display().to_string(), absolute(home, dest));
+    let id = Partial::id_for(&host, true, &source, &destination);
+    let tmp = remote_join(&dir, &resume::temp_name(&name, &id));
+    let record = Partial {
+        id,
+        host,
+        upload: true,
+        temp: absolute(home, &tmp),
+        source,
+        destination,
+        size,
+        kept: None,
+        at_ms: 0,
+    };
+    let what = format!("{} to {}", record.source, record.destination);
+    match ctx.partials.begin(record) {
+        Ok((earlier, claim)) => Ok((tmp, (claim, earlier))),
+        Err(_) => Err(format!(
+            "the same upload ({what}) is already running; nothing was sent"
+        )),
+    }
+}
+
+/// Where an upload with a kept temporary file starts.
+async fn resumable_start(
+    ctx: &Ctx<'_>,
+    sftp: &Sftp,
+    local: &Path,
+    tmp: &str,
+    earlier: Option<&Partial>,
+    size: u64,
+) -> Result<Start, SshError> {
+    let found = match sftp.lstat(tmp).await {
+        Ok(attrs) if attrs.file_type() == FileType::File => attrs.len(),
+        _ => return Ok(Start::default()),
+    };
+    match resume::candidate(earlier, found, size) {
+        0 => Ok(Start::default()),
+        len => resume::check(ctx.conn, local, tmp, len, ctx.hash, true).await,
+    }
+}
+
+/// Streams the local file from `start.from` into the open remote handle, keeping about 4 MiB
+/// of writes in flight; reading (and hashing, when asked) run on a thread of their own. Returns
+/// the outcome and how many bytes at the start of the remote file are known to be written.
+#[allow(clippy::too_many_arguments)]
+async fn send_file(
+    ctx: &Ctx<'_>,
+    sftp: &Sftp,
+    home: &str,
+    mut file: std::fs::File,
+    handle: &str,
+    tmp: &str,
+    local: &Path,
+    start: Start,
+) -> (Result<Option<String>, SshError>, u64) {
+    let from = start.from;
+    let mut hasher = if from > 0 {
+        start.hasher
+    } else {
+        ctx.hash.then(Sha256::new)
+    };
+    ctx.advance(from, 0);
+    let (blocks_tx, mut blocks) = mpsc::channel::<Vec<u8>>(8);
+    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<Option<String>> {
+        file.seek(SeekFrom::Start(from))?;
+        loop {
+            let mut block = vec![0u8; BLOCK];
+            let mut filled = 0;
+            while filled < BLOCK {
+                let n = file.read(&mut block[filled..])?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                break;
+            }
+            block.truncate(filled);
+            if let Some(hasher) = &mut hasher {
+                hasher.update(&block);
+            }
+            if blocks_tx.blocking_send(block).is_err() {
+                break; // the transfer stopped
+            }
+        }
+        Ok(hasher.map(|h| hex::encode(h.finalize())))
+    });
+    let chunk_len = sftp.write_len() as usize;
+    let in_flight = (4 * 1024 * 1024 / chunk_len).clamp(8, IN_FLIGHT);
+    let mut offset = from;
+    let mut writes = FuturesUnordered::new();
+    // Offsets of the writes not yet acknowledged: everything below the first is on the host.
+    let mut unacked = BTreeSet::new();
+    let mut eof = false;
+    let sent: Result<(), SshError> = async {
+        loop {
+            // Fill the pipeline.
+            while !eof && writes.len() < in_flight {
+                let Some(block) = blocks.recv().await else {
+                    eof = true;
+                    break;
+                };
+                for chunk in block.chunks(chunk_len) {
+                    let data = chunk.to_vec();
+                    let len = data.len() as u64;
+                    let at = offset;
+                    offset += len;
+                    unacked.insert(at);
+                    writes.push(async move { sftp.write(handle, at, data).await.map(|()| (at, len)) });
+                }
+            }
+            if writes.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                done = writes.next() => match done {
+                    Some(Ok((at, len))) => {
+                        unacked.remove(&at);
+                        ctx.advance(len, 0);
+                    }
+                    Some(Err(e)) => return Err(phrase(ctx, sftp, home, e, "write", tmp).await),
+                    None => {}
+                },
+                () = ctx.cancel.cancelled() => return Err(fail(TransferKind::Cancelled, "transfer cancelled".into())),
+                () = ctx.conn.lost() => return Err(ctx.conn.lost_error()),
+                () = sftp.ended() => {
+                    return Err(phrase(ctx, sftp, home, OpError::Gone("the server ended the SFTP session".into()), "write", tmp).await);
+                }
+            }
+        }
+    }
+    .await;
+    let written = unacked.first().copied().unwrap_or(offset);
+    drop(blocks);
+    let hashed = match reader.await {
+        Ok(hashed) => hashed,
+        Err(e) => {
+            let e = fail(TransferKind::Other, format!("local reader failed: {e}"));
+            return (Err(e), written);
+        }
+    };
+    let result = match (sent, hashed) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Err(e)) => Err(local_error(e, "read", local)),
+        (Ok(()), Ok(sha)) => Ok(sha),
+    };
+    (result, written)
+}
