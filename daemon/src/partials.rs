@@ -181,6 +181,17 @@ impl Claim {
             self.partials.save(&inner);
         }
     }
+
+    /// This run touched nothing (it was refused before writing): the record goes back to what
+    /// an earlier run left, or away when there was none.
+    pub fn untouched(self, earlier: Option<Partial>) {
+        let mut inner = lock(&self.partials.inner);
+        match earlier {
+            Some(earlier) => inner.kept.insert(self.id.clone(), earlier),
+            None => inner.kept.remove(&self.id),
+        };
+        self.partials.save(&inner);
+    }
 }
 
 impl Drop for Claim {

@@ -36,7 +36,10 @@ async fn cut_by_cancel(daemon: &Daemon, upload: bool, request: pb::TransferReque
     assert!(
         eventually(Duration::from_secs(10), || {
             listed = stdout_json(&daemon.ctl(&["partials", "--json"]));
-            listed["kept"][0]["running"] == false && listed["kept"][0]["kept_bytes"] != 0
+            listed["kept"][0]["running"] == false
+                && listed["kept"][0]["kept_bytes"]
+                    .as_u64()
+                    .is_some_and(|kept| kept > 0)
         }),
         "{listed}"
     );
@@ -147,6 +150,37 @@ async fn a_kept_part_that_does_not_match_should_be_sent_again_whole() {
         "no hash without verify"
     );
     assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&big).unwrap());
+
+    // A source that shrank below the kept part since the cut: the part is cut to it.
+    let kept = cut_by_cancel(&daemon, true, request(&big, &dest)).await;
+    let shorter = kept["kept_bytes"].as_u64().unwrap() / 2;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&big)
+        .unwrap()
+        .set_len(shorter)
+        .unwrap();
+    let up = shim
+        .call(
+            "ssh_upload",
+            json!({ "host": "box", "local_path": big, "remote_path": dest }),
+        )
+        .await;
+    assert!(!is_error(&up), "{}", text(&up));
+    assert_eq!(structured(&up)["resumed_from"], shorter, "{}", text(&up));
+    assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&big).unwrap());
+
+    // Refused before anything was written: nothing is listed as kept.
+    let nowhere = remote.path().join("missing/model.bin");
+    let up = shim
+        .call(
+            "ssh_upload",
+            json!({ "host": "box", "local_path": big, "remote_path": nowhere }),
+        )
+        .await;
+    assert!(is_error(&up), "{}", text(&up));
+    let listed = stdout_json(&daemon.ctl(&["partials", "--json"]));
+    assert_eq!(listed["kept"], json!([]), "{listed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

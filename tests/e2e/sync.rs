@@ -112,7 +112,7 @@ async fn a_synced_tree_should_send_only_what_changed_both_ways() {
         again["text"]
             .as_str()
             .unwrap()
-            .starts_with("uploaded 0 B (0 files; 2000 unchanged, 0 deleted;"),
+            .starts_with("uploaded 0 B (0 files; 2000 unchanged, 0 entries deleted;"),
         "{}",
         again["text"]
     );

@@ -72,6 +72,65 @@ async fn setup(host: Value) -> (Daemon, Shim) {
     (daemon, shim)
 }
 
+/// `verify` checks the file before it replaces the destination: a host whose `sha256sum`
+/// disagrees (here one that lies) leaves both destinations as they were and no temporary file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verify_mismatch_should_leave_the_destination_as_it_was() {
+    let bin = tempfile::Builder::new()
+        .prefix("mcpssh-bin-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let liar = bin.path().join("sha256sum");
+    let zeros = "0".repeat(64);
+    std::fs::write(&liar, format!("#!/bin/sh\necho \"{zeros}  $2\"\n")).unwrap();
+    std::fs::set_permissions(&liar, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sshd = Sshd::start_with(SshdOptions {
+        extra: format!("SetEnv PATH={}:/usr/bin:/bin\n", bin.path().display()),
+        ..Default::default()
+    });
+    let (_daemon, shim) = setup(sshd.host("box", &login_user())).await;
+    let local = tempfile::tempdir().unwrap();
+    let remote = shared_dir();
+    let file = local.path().join("new.bin");
+    random_file(&file, 300_000);
+
+    let dest = remote.path().join("kept.bin");
+    std::fs::write(&dest, b"old remote").unwrap();
+    let up = shim
+        .call(
+            "ssh_upload",
+            json!({ "host": "box", "local_path": file, "remote_path": dest, "verify": true }),
+        )
+        .await;
+    assert!(is_error(&up), "{}", text(&up));
+    assert!(text(&up).starts_with("MISMATCH"), "{}", text(&up));
+    assert!(text(&up).contains("not replaced"), "{}", text(&up));
+    assert_eq!(std::fs::read(&dest).unwrap(), b"old remote");
+    assert!(
+        leftovers(remote.path()).is_empty(),
+        "{:?}",
+        leftovers(remote.path())
+    );
+
+    let back = local.path().join("back.bin");
+    std::fs::write(&back, b"old local").unwrap();
+    let down = shim
+        .call(
+            "ssh_download",
+            json!({ "host": "box", "remote_path": dest, "local_path": back, "verify": true }),
+        )
+        .await;
+    assert!(is_error(&down), "{}", text(&down));
+    assert!(text(&down).starts_with("MISMATCH"), "{}", text(&down));
+    assert_eq!(std::fs::read(&back).unwrap(), b"old local");
+    assert!(
+        leftovers(local.path()).is_empty(),
+        "{:?}",
+        leftovers(local.path())
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trips_should_be_byte_identical() {
     let sshd = Sshd::start();

@@ -265,6 +265,16 @@ impl Sftp {
         }
     }
 
+    /// Cuts the open file to `len` bytes (a resumed temporary file longer than its checked part).
+    pub async fn truncate(&self, handle: &str, len: u64) -> OpResult<()> {
+        let attrs = FileAttributes {
+            size: Some(len),
+            ..FileAttributes::empty()
+        };
+        self.raw.fsetstat(handle, attrs).await?;
+        Ok(())
+    }
+
     /// The mode, and the modification (and access) time when given, in one request.
     pub async fn set_attrs(&self, path: &str, mode: u32, mtime: Option<u32>) -> OpResult<()> {
         let attrs = FileAttributes {

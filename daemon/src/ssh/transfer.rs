@@ -228,7 +228,7 @@ async fn phrase(
         OpError::Gone(why) => fail(
             TransferKind::TooLarge,
             format!(
-                "the SFTP server on {} stopped while trying to {what} {at} ({why}); a file size limit or a server crash",
+                "the SFTP server on {} stopped while trying to {what} {at} ({why}). A file size limit on the host (ulimit -f) or a crash of its sftp-server does this",
                 sftp.host()
             ),
         ),
@@ -276,7 +276,15 @@ fn local_error(e: std::io::Error, what: &str, path: &Path) -> SshError {
     let detail = match kind {
         TransferKind::NoSpace => "no space left on the local disk".to_string(),
         TransferKind::NotFound => "no such file or directory".to_string(),
-        _ => e.to_string(),
+        TransferKind::PermissionDenied => "permission denied".to_string(),
+        // The OS's words without Rust's "(os error N)".
+        _ => {
+            let text = e.to_string();
+            match text.rsplit_once(" (os error ") {
+                Some((words, _)) => words.to_string(),
+                None => text,
+            }
+        }
     };
     fail(
         kind,
@@ -378,16 +386,13 @@ pub async fn upload(
             bytes: meta.len(),
             files: 1,
             sha256: sent.sha256.unwrap_or_default(),
+            verification: sent.verification,
             resumed_from: sent.resumed_from,
             resume_note: sent.note,
             ..TransferOutcome::default()
         }
     };
     outcome.destination = shown(&sftp, &home, &dest);
-    drop(sftp);
-    if spec.verify && !meta.is_dir() {
-        outcome.verification = Some(verify(conn, &dest, &outcome, &spec.local).await);
-    }
     outcome.duration = started.elapsed();
     Ok(outcome)
 }
@@ -525,16 +530,13 @@ pub async fn download(
             bytes,
             files: 1,
             sha256: sent.sha256.unwrap_or_default(),
+            verification: sent.verification,
             resumed_from: sent.resumed_from,
             resume_note: sent.note,
             ..TransferOutcome::default()
         }
     };
     outcome.destination = dest.display().to_string();
-    drop(sftp);
-    if spec.verify && !attrs.is_dir() {
-        outcome.verification = Some(verify(conn, &remote, &outcome, &dest).await);
-    }
     outcome.duration = started.elapsed();
     Ok(outcome)
 }
@@ -542,54 +544,66 @@ pub async fn download(
 // ---------------------------------------------------------------------------------------------
 // Local trees and verification
 
-/// Checks a transferred file against a SHA-256 computed on the remote host (trees are checked
-/// file by file by the sync).
+/// What `verify` found.
+enum Checked {
+    Matched(String),
+    /// The file must not replace the destination.
+    Mismatch(String),
+    /// The host could not compute the hash; the file is as good as SSH's integrity makes it.
+    Unchecked(String),
+}
+
+impl Checked {
+    /// (matched, how it was checked), as a transfer's outcome carries it.
+    fn into_pair(self) -> (bool, String) {
+        match self {
+            Checked::Matched(why) => (true, why),
+            Checked::Mismatch(why) | Checked::Unchecked(why) => (false, why),
+        }
+    }
+}
+
+/// Checks a transferred file, before it is renamed into place, against a SHA-256 computed on
+/// the remote host (`remote` is the written temporary file of an upload, the source of a
+/// download; trees are checked file by file by the sync).
 async fn verify(
     conn: &Connection,
     remote: &str,
-    outcome: &TransferOutcome,
-    local: &Path,
-) -> (bool, String) {
+    sha256: &str,
+    (local, upload): (&Path, bool),
+) -> Checked {
     let host = &conn.host().name;
     let path = quote(remote);
     let command = format!("sha256sum -- {path} 2>/dev/null || shasum -a 256 -- {path}");
     let output = match capture(conn, &command).await {
         Ok(output) => output,
         Err(e) => {
-            return (
-                false,
-                format!("not verified: could not run sha256sum on {host}: {e}"),
-            );
+            return Checked::Unchecked(format!(
+                "not verified: could not run sha256sum on {host}: {e}"
+            ));
         }
     };
-    let remote_sha = output
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let remote_sha = output.split_whitespace().next().unwrap_or_default();
     if remote_sha.len() != 64 {
-        return (
-            false,
-            format!("not verified: {host} has neither sha256sum nor shasum"),
-        );
+        return Checked::Unchecked(format!(
+            "not verified: {host} has neither sha256sum nor shasum"
+        ));
     }
-    let what = "SHA-256";
-    if remote_sha == outcome.sha256 {
+    let local = local.display();
+    let (there, here) = if upload {
         (
-            true,
-            format!(
-                "verified: {what} computed on {host} matches the data sent ({})",
-                local.display()
-            ),
+            "of the file written on",
+            format!("the data read from {local}"),
         )
     } else {
-        (
-            false,
-            format!(
-                "MISMATCH: {what} computed on {host} is {remote_sha}, the transferred data's is {}",
-                outcome.sha256
-            ),
-        )
+        ("of the source on", format!("the data written to {local}"))
+    };
+    if remote_sha == sha256 {
+        Checked::Matched(format!("verified: SHA-256 {there} {host} matches {here}"))
+    } else {
+        Checked::Mismatch(format!(
+            "MISMATCH: SHA-256 {there} {host} is {remote_sha}, {here} has {sha256}; the destination was not replaced"
+        ))
     }
 }
 

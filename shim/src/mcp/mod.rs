@@ -414,8 +414,9 @@ fn lost_daemon_text(never_sent: bool, call: Call<'_>) -> String {
             };
             format!(
                 "mcp-sshd stopped during the {what} {host}, so its result is lost: each file of \
-                 {destination} is either complete or as it was before (files are replaced whole). \
-                 Check it before transferring again; {NEXT}."
+                 {destination} is either complete or as it was before (files are replaced whole), \
+                 and a large file cut off keeps its part, so the same transfer asked again \
+                 resumes it; {NEXT}."
             )
         }
     }

@@ -554,20 +554,22 @@ impl TransferResult {
             .mib_per_s
             .map(|rate| format!(" ({rate} MiB/s)"))
             .unwrap_or_default();
+        let download = verb.starts_with("down");
         let mut text = match self.bytes_total {
             Some(total) if self.dry_run => format!(
-                "dry run, nothing changed: would send {} ({files}) of {} to {}, {} unchanged, {} to delete",
+                "dry run, nothing changed: would {} {} ({files}) of {} to {}, {} unchanged, {} to delete",
+                if download { "download" } else { "upload" },
                 human_bytes(self.bytes),
                 human_bytes(total),
                 self.destination,
                 self.unchanged,
-                self.deleted
+                entries(self.deleted)
             ),
             Some(total) => format!(
                 "{verb} {} ({files}; {} unchanged, {} deleted; {} in all) to {} in {}{rate}",
                 human_bytes(self.bytes),
                 self.unchanged,
-                self.deleted,
+                entries(self.deleted),
                 human_bytes(total),
                 self.destination,
                 seconds(self.duration_ms),
@@ -603,7 +605,12 @@ impl TransferResult {
             format!("\n{label}: {}{tail}", paths.join(", "))
         };
         if !self.changed.is_empty() {
-            let sent = if self.dry_run { "to send" } else { "sent" };
+            let sent = match (self.dry_run, download) {
+                (true, false) => "to send",
+                (true, true) => "to receive",
+                (false, false) => "sent",
+                (false, true) => "received",
+            };
             text.push_str(&listed(sent, &self.changed, self.files));
         }
         if !self.removed.is_empty() {
@@ -622,9 +629,16 @@ impl TransferResult {
                 entries(self.skipped)
             ));
         }
-        if let Some(v) = &self.verification {
-            text.push('\n');
-            text.push_str(v);
+        match &self.verification {
+            // A mismatch is the news: the destination was left as it was.
+            Some(v) if self.verified == Some(false) && v.starts_with("MISMATCH") => {
+                text = format!("{v}\n{text}");
+            }
+            Some(v) => {
+                text.push('\n');
+                text.push_str(v);
+            }
+            None => {}
         }
         text
     }

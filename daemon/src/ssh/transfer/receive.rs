@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 use super::resume::{self, RESUME_MIN, Start};
 use super::send::Sent;
 use super::{
-    BLOCK, Ctx, EARLY_SYNC_EVERY, IN_FLIGHT, OpError, Sftp, SshError, TransferKind, absolute, fail,
-    file_name, local_error, phrase, unique_suffix,
+    BLOCK, Checked, Ctx, EARLY_SYNC_EVERY, IN_FLIGHT, OpError, Sftp, SshError, TransferKind,
+    absolute, fail, file_name, local_error, phrase, unique_suffix, verify,
 };
 use crate::partials::{Claim, Partial};
 
@@ -41,13 +41,23 @@ pub(super) async fn download_file(
             unique_suffix()
         ))
     };
-    let start = match &claim {
-        Some((_, earlier)) => resumable_start(ctx, remote, &tmp, earlier.as_ref(), size).await?,
-        None => Start::default(),
+    let started = match &claim {
+        Some((_, earlier)) => resumable_start(ctx, remote, &tmp, earlier.as_ref(), size).await,
+        None => Ok(Start::default()),
+    };
+    let start = match started {
+        Ok(start) => start,
+        Err(e) => {
+            resume::untouched(claim);
+            return Err(e);
+        }
     };
     let handle = match sftp.open_read(remote).await {
         Ok(handle) => handle,
-        Err(e) => return Err(phrase(ctx, sftp, home, e, "read", remote).await),
+        Err(e) => {
+            resume::untouched(claim);
+            return Err(phrase(ctx, sftp, home, e, "read", remote).await);
+        }
     };
     let (resumed_from, note) = (start.from, start.note.clone());
     let fresh = claim.is_none();
@@ -60,6 +70,27 @@ pub(super) async fn download_file(
             }
         }
         Err(_) => sftp.close_after_failure(&handle).await,
+    }
+    // `verify` checks the written file before it can replace the destination.
+    let mut verification = None;
+    if let Ok((bytes, Some(sha))) = &result
+        && ctx.hash
+    {
+        let checked = verify(ctx.conn, remote, sha, (dest, false)).await;
+        if let Checked::Mismatch(why) = checked {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            if let Some((claim, _)) = claim {
+                claim.done();
+            }
+            let sent = Sent {
+                sha256: Some(sha.clone()),
+                resumed_from,
+                note,
+                verification: Some((false, why)),
+            };
+            return Ok((*bytes, sent));
+        }
+        verification = Some(checked.into_pair());
     }
     let finished = match result {
         Ok(done) => tokio::fs::rename(&tmp, dest)
@@ -78,6 +109,7 @@ pub(super) async fn download_file(
                 sha256,
                 resumed_from,
                 note,
+                verification,
             };
             Ok((bytes, sent))
         }
@@ -190,7 +222,11 @@ async fn receive_file(
     let from = start.from;
     let std_file = match open_temp(tmp, from, fresh) {
         Ok(file) => file,
-        Err(e) => return (Err(local_error(e, "create", tmp)), 0),
+        // Named by its directory: the temporary file's name means nothing to the reader.
+        Err(e) => {
+            let dir = tmp.parent().unwrap_or(Path::new("/"));
+            return (Err(local_error(e, "write into", dir)), 0);
+        }
     };
     let mut hasher = if from > 0 {
         start.hasher

@@ -9,7 +9,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::{Connection, SshError, TransferKind, capture, fail, quote};
-use crate::partials::Partial;
+use crate::partials::{Claim, Partial};
 
 /// Files from this size on keep their temporary file when cut off; below it, starting over
 /// costs less than checking what is there.
@@ -125,6 +125,14 @@ async fn remote_prefix(conn: &Connection, path: &str, len: u64) -> Result<String
             "{} has neither sha256sum nor shasum",
             conn.host().name
         ))
+    }
+}
+
+/// A claimed transfer refused before it wrote anything: its record goes back to what an earlier
+/// run left.
+pub fn untouched(claim: Option<(Claim, Option<Partial>)>) {
+    if let Some((claim, earlier)) = claim {
+        claim.untouched(earlier);
     }
 }
 

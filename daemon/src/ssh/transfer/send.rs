@@ -14,8 +14,9 @@ use tokio::sync::mpsc;
 
 use super::resume::{self, RESUME_MIN, Start};
 use super::{
-    BLOCK, Ctx, IN_FLIGHT, OpError, Sftp, SshError, TransferKind, absolute, fail, local_error,
-    phrase, remote_join, remote_split, remove_remote_temp, shown, unique_suffix,
+    BLOCK, Checked, Ctx, IN_FLIGHT, OpError, Sftp, SshError, TransferKind, absolute, fail,
+    local_error, phrase, remote_join, remote_split, remove_remote_temp, shown, unique_suffix,
+    verify,
 };
 use crate::partials::{Claim, Partial};
 
@@ -28,6 +29,8 @@ pub struct Sent {
     pub resumed_from: u64,
     /// Why a kept temporary file was not used.
     pub note: Option<String>,
+    /// (matched, how it was checked), when `verify` was asked for a single file.
+    pub verification: Option<(bool, String)>,
 }
 
 /// Uploads one file atomically, with `mode` (and `mtime`, when given: a sync's).
@@ -59,14 +62,30 @@ pub(super) async fn upload_file(
         ctx.pending.add(&tmp);
         tmp
     };
-    let start = match &claim {
-        Some((_, earlier)) => {
-            resumable_start(ctx, sftp, local, &tmp, earlier.as_ref(), size).await?
+    let started = match &claim {
+        Some((_, earlier)) => resumable_start(ctx, sftp, local, &tmp, earlier.as_ref(), size).await,
+        None => Ok(Start::default()),
+    };
+    let start = match started {
+        Ok(start) => start,
+        Err(e) => {
+            resume::untouched(claim);
+            return Err(e);
         }
-        None => Start::default(),
     };
     let opened = if start.from > 0 {
-        sftp.open_write(&tmp).await
+        // The kept file may be longer than its checked part (the source shrank, or its tail
+        // was unsure): what follows is written again, and nothing beyond the new end stays.
+        match sftp.open_write(&tmp).await {
+            Ok(handle) => match sftp.truncate(&handle, start.from).await {
+                Ok(()) => Ok(handle),
+                Err(e) => {
+                    sftp.close_after_failure(&handle).await;
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e),
+        }
     } else {
         if claim.is_some() {
             // An earlier run's file that did not match: this run writes its own.
@@ -78,7 +97,11 @@ pub(super) async fn upload_file(
         Ok(handle) => handle,
         Err(e) => {
             ctx.pending.done(&tmp);
-            drop(claim); // the record, if any, stays as it was
+            if start.from > 0 {
+                resume::untouched(claim);
+            } else if let Some((claim, _)) = claim {
+                claim.done(); // whatever an earlier run kept was removed
+            }
             let what = "write into directory";
             return Err(match e {
                 OpError::NotFound => fail(
@@ -105,6 +128,27 @@ pub(super) async fn upload_file(
             Err(e)
         }
     };
+    // `verify` checks the written file before it can replace the destination.
+    let mut verification = None;
+    if let Ok(Some(sha)) = &result
+        && ctx.hash
+    {
+        let checked = verify(ctx.conn, &tmp, sha, (local, true)).await;
+        if let Checked::Mismatch(why) = checked {
+            ctx.pending.add(&tmp);
+            remove_remote_temp(ctx.conn, sftp, &tmp, ctx.pending).await;
+            if let Some((claim, _)) = claim {
+                claim.done();
+            }
+            return Ok(Sent {
+                sha256: Some(sha.clone()),
+                resumed_from,
+                note,
+                verification: Some((false, why)),
+            });
+        }
+        verification = Some(checked.into_pair());
+    }
     let finished = match result {
         Ok(sha) => {
             let renamed = match sftp.set_attrs(&tmp, mode & 0o7777, mtime).await {
@@ -129,6 +173,7 @@ pub(super) async fn upload_file(
                 sha256,
                 resumed_from,
                 note,
+                verification,
             })
         }
         (Err(e), Some((claim, _))) if written > 0 && resume::worth_keeping(&e) => {
@@ -220,13 +265,16 @@ async fn send_file(
         ctx.hash.then(Sha256::new)
     };
     ctx.advance(from, 0);
-    let (blocks_tx, mut blocks) = mpsc::channel::<Vec<u8>>(8);
+    // Blocks of exactly one write request each: the server's largest (about 255 KiB), which
+    // is not a power of two, so reading in other sizes would split every block in two writes.
+    let chunk_len = sftp.write_len() as usize;
+    let (blocks_tx, mut blocks) = mpsc::channel::<Vec<u8>>((BLOCK * 8 / chunk_len).max(1));
     let reader = tokio::task::spawn_blocking(move || -> std::io::Result<Option<String>> {
         file.seek(SeekFrom::Start(from))?;
         loop {
-            let mut block = vec![0u8; BLOCK];
+            let mut block = vec![0u8; chunk_len];
             let mut filled = 0;
-            while filled < BLOCK {
+            while filled < chunk_len {
                 let n = file.read(&mut block[filled..])?;
                 if n == 0 {
                     break;
@@ -246,7 +294,6 @@ async fn send_file(
         }
         Ok(hasher.map(|h| hex::encode(h.finalize())))
     });
-    let chunk_len = sftp.write_len() as usize;
     let in_flight = (4 * 1024 * 1024 / chunk_len).clamp(8, IN_FLIGHT);
     let mut offset = from;
     let mut writes = FuturesUnordered::new();
@@ -257,18 +304,15 @@ async fn send_file(
         loop {
             // Fill the pipeline.
             while !eof && writes.len() < in_flight {
-                let Some(block) = blocks.recv().await else {
+                let Some(data) = blocks.recv().await else {
                     eof = true;
                     break;
                 };
-                for chunk in block.chunks(chunk_len) {
-                    let data = chunk.to_vec();
-                    let len = data.len() as u64;
-                    let at = offset;
-                    offset += len;
-                    unacked.insert(at);
-                    writes.push(async move { sftp.write(handle, at, data).await.map(|()| (at, len)) });
-                }
+                let len = data.len() as u64;
+                let at = offset;
+                offset += len;
+                unacked.insert(at);
+                writes.push(async move { sftp.write(handle, at, data).await.map(|()| (at, len)) });
             }
             if writes.is_empty() {
                 return Ok(());

@@ -276,7 +276,18 @@ const EXIT_INVALID_CONFIG: u8 = 4;
 /// As ssh: 255 when the command could not be run at all (or a job was lost).
 const EXIT_REMOTE_FAILURE: u8 = 255;
 
+/// A closed pipe (`mcp-sshctl status | head`) ends the program quietly, as it does `ls`, instead
+/// of making `println!` panic: Rust ignores SIGPIPE by default.
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: called first thing in `main`, before any other thread exists, and SIG_DFL runs no
+    // handler code of ours.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     let matches = Args::command().get_matches();
     let args = match Args::from_arg_matches(&matches) {
         Ok(args) => args,

@@ -16,7 +16,9 @@ pub fn partial_json(p: &pb::PartialTransfer) -> serde_json::Value {
     json!({
         "id": p.id, "host": p.host, "direction": if p.upload { "upload" } else { "download" },
         "temp_path": p.temp_path, "source": p.source, "destination": p.destination,
-        "size": p.size, "kept_bytes": p.kept_bytes, "kept_at_unix_ms": p.kept_at_unix_ms,
+        "size": p.size,
+        // 0 is "not known": the daemon was stopped before it could tell.
+        "kept_bytes": (p.kept_bytes > 0).then_some(p.kept_bytes), "kept_at_unix_ms": p.kept_at_unix_ms,
         "expires_at_unix_ms": p.expires_at_unix_ms, "running": p.running,
     })
 }

@@ -87,27 +87,17 @@ pub async fn transfer(
         }
     };
     bar.finish_and_clear();
+    let verb = if upload { "uploaded" } else { "downloaded" };
+    let result = TransferResult::new(done.clone(), verify);
     if as_json {
-        println!(
-            "{:#}",
-            json!({
-                "host": host, "direction": if upload { "upload" } else { "download" },
-                "destination": done.destination, "bytes": done.bytes, "files": done.files,
-                "skipped": done.skipped, "duration_ms": done.duration_ms,
-                "sha256": (!done.sha256.is_empty()).then_some(&done.sha256),
-                "resumed_from": done.resumed_from,
-                "resume_note": (!done.resume_note.is_empty()).then_some(&done.resume_note),
-                "verified": verify.then_some(done.verified),
-                "verification": (!done.verification.is_empty()).then_some(&done.verification),
-                "unchanged": done.unchanged, "deleted": done.deleted, "excluded": done.excluded,
-                "bytes_total": done.bytes_total, "dry_run": done.dry_run,
-                "changed": done.changed, "removed": done.removed,
-            })
-        );
+        // The MCP tool's structured result, with what this command was asked.
+        let mut value = json!(result);
+        value["host"] = json!(host);
+        value["direction"] = json!(if upload { "upload" } else { "download" });
+        println!("{value:#}");
     } else {
         // The same account as the MCP tool's text: sent, unchanged, deleted, resumed, verified.
-        let verb = if upload { "uploaded" } else { "downloaded" };
-        println!("{}", TransferResult::new(done.clone(), verify).text(verb));
+        println!("{}", result.text(verb));
     }
     Ok(if verify && !done.verified && !done.dry_run {
         ExitCode::from(EXIT_ERROR)
