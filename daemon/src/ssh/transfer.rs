@@ -122,6 +122,9 @@ struct Ctx<'a> {
     idle: Duration,
     /// Compute the SHA-256 of each file's data as it moves (a single file's `verify`).
     hash: bool,
+    /// Flush each downloaded file to disk before it is renamed into place (`verify`): the
+    /// check then covers what is on the disk, not only what is in the page cache.
+    durable: bool,
 }
 
 impl Ctx<'_> {
@@ -314,6 +317,7 @@ pub async fn upload(
         partials: keeping.partials,
         idle: spec.idle_timeout,
         hash: spec.verify && !meta.is_dir(),
+        durable: spec.verify,
     };
     let sftp = Sftp::open(conn, spec.idle_timeout).await?;
     let home = sftp.home().await.unwrap_or_else(|_| ".".into());
@@ -460,6 +464,7 @@ pub async fn download(
         partials,
         idle: spec.idle_timeout,
         hash: false,
+        durable: spec.verify,
     };
     let sftp = Sftp::open(conn, spec.idle_timeout).await?;
     let home = sftp.home().await.unwrap_or_else(|_| ".".into());

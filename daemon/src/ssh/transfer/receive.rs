@@ -1,5 +1,5 @@
-//! One file down: written to a temporary file beside the destination, flushed to disk as it
-//! grows, synced, then renamed over the destination. Large files get a temporary name of their
+//! One file down: written to a temporary file beside the destination (with `verify`, flushed to
+//! disk as it grows and synced), then renamed over the destination. Large files get a temporary name of their
 //! own transfer and keep it when cut off, so the same download asked again resumes.
 
 use std::io::{Seek, SeekFrom, Write};
@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 use super::resume::{self, RESUME_MIN, Start};
 use super::send::Sent;
 use super::{
-    BLOCK, Checked, Ctx, EARLY_SYNC_EVERY, IN_FLIGHT, OpError, Sftp, SshError, TransferKind,
-    absolute, fail, file_name, local_error, phrase, unique_suffix, verify,
+    Checked, Ctx, EARLY_SYNC_EVERY, IN_FLIGHT, OpError, Sftp, SshError, TransferKind, absolute,
+    fail, file_name, local_error, phrase, unique_suffix, verify,
 };
 use crate::partials::{Claim, Partial};
 
@@ -236,17 +236,25 @@ async fn receive_file(
     ctx.advance(from, 0);
     // Disk writes (and hashing) run on a thread of their own, so the network never waits.
     let (to_disk, mut from_net) = mpsc::channel::<Vec<u8>>(32);
+    let durable = ctx.durable;
     let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, Option<String>)> {
-        // The file must be on disk before it is renamed into place. Flushing it as it grows, on
-        // a helper thread, leaves only the tail for the final sync instead of the whole file.
-        let early = std_file.try_clone()?;
+        // With `verify` the file must be on disk before it is renamed into place. Flushing it
+        // as it grows, on a helper thread, leaves only the tail for the final sync.
         let (sync_now, sync_requests) = std::sync::mpsc::sync_channel::<()>(1);
-        let syncer = std::thread::spawn(move || {
-            while sync_requests.recv().is_ok() {
-                let _ = early.sync_data();
+        let syncer = match durable {
+            true => {
+                let early = std_file.try_clone()?;
+                Some(std::thread::spawn(move || {
+                    while sync_requests.recv().is_ok() {
+                        let _ = early.sync_data();
+                    }
+                }))
             }
-        });
-        let mut file = std::io::BufWriter::with_capacity(BLOCK, std_file);
+            false => None,
+        };
+        // Each piece is one read of the server's largest (~255 KiB): written as it comes, since
+        // a buffer would only add a copy.
+        let mut file = std_file;
         let mut written = from;
         let mut synced_at = from;
         while let Some(data) = from_net.blocking_recv() {
@@ -255,17 +263,18 @@ async fn receive_file(
             }
             file.write_all(&data)?;
             written += data.len() as u64;
-            if written - synced_at >= EARLY_SYNC_EVERY {
+            if syncer.is_some() && written - synced_at >= EARLY_SYNC_EVERY {
                 synced_at = written;
                 let _ = sync_now.try_send(());
             }
         }
         drop(sync_now);
-        let _ = syncer.join();
-        let file = file
-            .into_inner()
-            .map_err(std::io::IntoInnerError::into_error)?;
-        file.sync_all()?;
+        if let Some(syncer) = syncer {
+            let _ = syncer.join();
+        }
+        if durable {
+            file.sync_all()?;
+        }
         file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
         Ok((written, hasher.map(|h| hex::encode(h.finalize()))))
     });

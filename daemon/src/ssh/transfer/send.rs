@@ -272,19 +272,11 @@ async fn send_file(
     let reader = tokio::task::spawn_blocking(move || -> std::io::Result<Option<String>> {
         file.seek(SeekFrom::Start(from))?;
         loop {
-            let mut block = vec![0u8; chunk_len];
-            let mut filled = 0;
-            while filled < chunk_len {
-                let n = file.read(&mut block[filled..])?;
-                if n == 0 {
-                    break;
-                }
-                filled += n;
-            }
-            if filled == 0 {
+            // Read into spare capacity: zeroing each block first costs as much as a copy.
+            let mut block = Vec::with_capacity(chunk_len);
+            if (&mut file).take(chunk_len as u64).read_to_end(&mut block)? == 0 {
                 break;
             }
-            block.truncate(filled);
             if let Some(hasher) = &mut hasher {
                 hasher.update(&block);
             }
