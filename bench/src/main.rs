@@ -449,33 +449,48 @@ async fn transfers(b: &mut Bench, daemon: &Daemon) -> anyhow::Result<()> {
     let on_host = |name: &str| format!("{target}:{}", remote.join(name).display());
     let here = |name: &str| work.join(name);
 
-    // The tools take turns within each round, so a slow moment hits all of them alike.
+    // The tools take turns within each round, and each goes first in turn, so a slow moment
+    // or a position in the round weighs on all of them alike.
     let (mut ups, mut downs) = (Vec::new(), Vec::new());
     let (mut sftp_ups, mut sftp_downs, mut scp_ups, mut scp_downs) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        fresh(&there("ours.bin"));
-        ups.push(
-            timed(
-                "ssh_upload",
-                json!({ "host": "box", "local_path": source, "remote_path": there("ours.bin") }),
-            )
-            .await?,
-        );
-        fresh(&there("sftp.bin"));
-        sftp_ups.push(sftp("put", &source, &there("sftp.bin"))?);
-        fresh(&there("scp.bin"));
-        scp_ups.push(scp(source.display().to_string(), on_host("scp.bin"))?);
-
-        fresh(&here("ours.back"));
-        downs.push(timed("ssh_download", json!({ "host": "box", "remote_path": there("ours.bin"), "local_path": here("ours.back") })).await?);
-        fresh(&here("sftp.back"));
-        sftp_downs.push(sftp("get", &there("sftp.bin"), &here("sftp.back"))?);
-        fresh(&here("scp.back"));
-        scp_downs.push(scp(
-            on_host("scp.bin"),
-            here("scp.back").display().to_string(),
-        )?);
+    for round in 0..rounds {
+        // Uploads first (the downloads read what they wrote), each tool first in turn.
+        for turn in 0..3 {
+            match (round + turn) % 3 {
+                0 => {
+                    fresh(&there("ours.bin"));
+                    ups.push(timed("ssh_upload", json!({ "host": "box", "local_path": source, "remote_path": there("ours.bin") })).await?);
+                }
+                1 => {
+                    fresh(&there("sftp.bin"));
+                    sftp_ups.push(sftp("put", &source, &there("sftp.bin"))?);
+                }
+                _ => {
+                    fresh(&there("scp.bin"));
+                    scp_ups.push(scp(source.display().to_string(), on_host("scp.bin"))?);
+                }
+            }
+        }
+        for turn in 0..3 {
+            match (round + turn) % 3 {
+                0 => {
+                    fresh(&here("ours.back"));
+                    downs.push(timed("ssh_download", json!({ "host": "box", "remote_path": there("ours.bin"), "local_path": here("ours.back") })).await?);
+                }
+                1 => {
+                    fresh(&here("sftp.back"));
+                    sftp_downs.push(sftp("get", &there("sftp.bin"), &here("sftp.back"))?);
+                }
+                _ => {
+                    fresh(&here("scp.back"));
+                    scp_downs.push(scp(
+                        on_host("scp.bin"),
+                        here("scp.back").display().to_string(),
+                    )?);
+                }
+            }
+        }
     }
     let (up, down) = (median(ups), median(downs));
     let (sftp_up, sftp_down, scp_up, scp_down) = (

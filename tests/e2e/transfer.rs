@@ -89,7 +89,7 @@ async fn a_verify_mismatch_should_leave_the_destination_as_it_was() {
         extra: format!("SetEnv PATH={}:/usr/bin:/bin\n", bin.path().display()),
         ..Default::default()
     });
-    let (_daemon, shim) = setup(sshd.host("box", &login_user())).await;
+    let (daemon, shim) = setup(sshd.host("box", &login_user())).await;
     let local = tempfile::tempdir().unwrap();
     let remote = shared_dir();
     let file = local.path().join("new.bin");
@@ -129,6 +129,25 @@ async fn a_verify_mismatch_should_leave_the_destination_as_it_was() {
         "{:?}",
         leftovers(local.path())
     );
+
+    // A large file (one that would keep its part when cut off) keeps nothing after a mismatch.
+    let big = local.path().join("big.bin");
+    random_file(&big, 9 * 1024 * 1024);
+    let up = shim
+        .call(
+            "ssh_upload",
+            json!({ "host": "box", "local_path": big, "remote_path": dest, "verify": true }),
+        )
+        .await;
+    assert!(text(&up).starts_with("MISMATCH"), "{}", text(&up));
+    assert_eq!(std::fs::read(&dest).unwrap(), b"old remote");
+    assert!(
+        leftovers(remote.path()).is_empty(),
+        "{:?}",
+        leftovers(remote.path())
+    );
+    let listed = crate::common::stdout_json(&daemon.ctl(&["partials", "--json"]));
+    assert_eq!(listed["kept"], json!([]), "{listed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@ use super::{Service, peer};
 use crate::audit::Record;
 use crate::error::Error;
 use crate::registry::millis;
+use crate::ssh::transfer::MISMATCH;
 use crate::ssh::transfer::{Progress, SyncOptions, TransferSpec};
 
 /// Progress events are sent at most this often (the shim turns them into MCP notifications).
@@ -102,6 +103,10 @@ impl Service {
                         .remote_path
                         .map(|p| if upload { done.destination.clone() } else { p });
                     let (verified, verification) = done.verification.clone().unwrap_or_default();
+                    if !verified && verification.starts_with(MISMATCH) {
+                        record.outcome = "error";
+                        record.error = Some(verification.clone());
+                    }
                     Ok(pb::TransferEvent {
                         event: Some(transfer_event::Event::Done(pb::TransferDone {
                             bytes: done.bytes,

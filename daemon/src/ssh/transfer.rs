@@ -122,8 +122,8 @@ struct Ctx<'a> {
     idle: Duration,
     /// Compute the SHA-256 of each file's data as it moves (a single file's `verify`).
     hash: bool,
-    /// Flush each downloaded file to disk before it is renamed into place (`verify`): the
-    /// check then covers what is on the disk, not only what is in the page cache.
+    /// Flush each downloaded file to disk before it is renamed into place (`verify`), so a power
+    /// loss right after cannot leave an empty or torn file in its place.
     durable: bool,
 }
 
@@ -549,6 +549,9 @@ pub async fn download(
 // ---------------------------------------------------------------------------------------------
 // Local trees and verification
 
+/// How a `verify` whose hashes differ begins its message (the audit log records it as an error).
+pub const MISMATCH: &str = "MISMATCH";
+
 /// What `verify` found.
 enum Checked {
     Matched(String),
@@ -584,14 +587,14 @@ async fn verify(
         Ok(output) => output,
         Err(e) => {
             return Checked::Unchecked(format!(
-                "not verified: could not run sha256sum on {host}: {e}"
+                "not verified: could not run sha256sum on {host} ({e}); the file was put in place unchecked"
             ));
         }
     };
     let remote_sha = output.split_whitespace().next().unwrap_or_default();
     if remote_sha.len() != 64 {
         return Checked::Unchecked(format!(
-            "not verified: {host} has neither sha256sum nor shasum"
+            "not verified: {host} has neither sha256sum nor shasum; the file was put in place unchecked"
         ));
     }
     let local = local.display();
@@ -607,7 +610,7 @@ async fn verify(
         Checked::Matched(format!("verified: SHA-256 {there} {host} matches {here}"))
     } else {
         Checked::Mismatch(format!(
-            "MISMATCH: SHA-256 {there} {host} is {remote_sha}, {here} has {sha256}; the destination was not replaced"
+            "{MISMATCH}: SHA-256 {there} {host} is {remote_sha}, {here} has {sha256}; the destination was not replaced"
         ))
     }
 }
@@ -619,7 +622,8 @@ async fn capture(conn: &Connection, command: &str) -> Result<String, SshError> {
     let req = ExecRequest {
         command: command.to_string(),
         cwd: None,
-        idle_timeout: Duration::from_secs(120),
+        // Hashing prints nothing until the end, and a file of many GiB takes minutes to read.
+        idle_timeout: Duration::from_secs(30 * 60),
     };
     let never = CancellationToken::new();
     let collect = async {

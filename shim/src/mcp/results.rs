@@ -555,7 +555,19 @@ impl TransferResult {
             .map(|rate| format!(" ({rate} MiB/s)"))
             .unwrap_or_default();
         let download = verb.starts_with("down");
+        let mismatch = self.verified == Some(false)
+            && self
+                .verification
+                .as_deref()
+                .is_some_and(|v| v.starts_with("MISMATCH"));
         let mut text = match self.bytes_total {
+            None if mismatch => format!(
+                "{} {} ({files}) in {}{rate}, then removed the copy that was to replace {}",
+                if download { "received" } else { "sent" },
+                human_bytes(self.bytes),
+                seconds(self.duration_ms),
+                self.destination,
+            ),
             Some(total) if self.dry_run => format!(
                 "dry run, nothing changed: would {} {} ({files}) of {} to {}, {} unchanged, {} to delete",
                 if download { "download" } else { "upload" },
@@ -631,7 +643,7 @@ impl TransferResult {
         }
         match &self.verification {
             // A mismatch is the news: the destination was left as it was.
-            Some(v) if self.verified == Some(false) && v.starts_with("MISMATCH") => {
+            Some(v) if mismatch => {
                 text = format!("{v}\n{text}");
             }
             Some(v) => {

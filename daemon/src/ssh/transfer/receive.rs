@@ -73,25 +73,41 @@ pub(super) async fn download_file(
     }
     // `verify` checks the written file before it can replace the destination.
     let mut verification = None;
-    if let Ok((bytes, Some(sha))) = &result
-        && ctx.hash
-    {
-        let checked = verify(ctx.conn, remote, sha, (dest, false)).await;
-        if let Checked::Mismatch(why) = checked {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            if let Some((claim, _)) = claim {
-                claim.done();
-            }
-            let sent = Sent {
-                sha256: Some(sha.clone()),
-                resumed_from,
-                note,
-                verification: Some((false, why)),
+    let result = match result {
+        Ok((bytes, Some(sha))) if ctx.hash => {
+            let checked = tokio::select! {
+                checked = verify(ctx.conn, remote, &sha, (dest, false)) => Ok(checked),
+                () = ctx.cancel.cancelled() => Err(fail(TransferKind::Cancelled, "transfer cancelled".into())),
+                () = ctx.conn.lost() => Err(ctx.conn.lost_error()),
             };
-            return Ok((*bytes, sent));
+            match checked {
+                Ok(Checked::Mismatch(why)) => {
+                    let removed = match tokio::fs::remove_file(&tmp).await {
+                        Ok(()) => true,
+                        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+                    };
+                    match claim {
+                        Some((claim, _)) if removed => claim.done(),
+                        Some((claim, _)) => claim.keep(0),
+                        None => {}
+                    }
+                    let sent = Sent {
+                        sha256: Some(sha),
+                        resumed_from,
+                        note,
+                        verification: Some((false, why)),
+                    };
+                    return Ok((bytes, sent));
+                }
+                Ok(checked) => {
+                    verification = Some(checked.into_pair());
+                    Ok((bytes, Some(sha)))
+                }
+                Err(e) => Err(e),
+            }
         }
-        verification = Some(checked.into_pair());
-    }
+        result => result,
+    };
     let finished = match result {
         Ok(done) => tokio::fs::rename(&tmp, dest)
             .await

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::resume::{self, RESUME_MIN, Start};
 use super::{
-    BLOCK, Checked, Ctx, IN_FLIGHT, OpError, Sftp, SshError, TransferKind, absolute, fail,
+    BLOCK, Checked, Ctx, IN_FLIGHT, OpError, QUICK, Sftp, SshError, TransferKind, absolute, fail,
     local_error, phrase, remote_join, remote_split, remove_remote_temp, shown, unique_suffix,
     verify,
 };
@@ -66,41 +66,21 @@ pub(super) async fn upload_file(
         Some((_, earlier)) => resumable_start(ctx, sftp, local, &tmp, earlier.as_ref(), size).await,
         None => Ok(Start::default()),
     };
-    let start = match started {
+    let mut start = match started {
         Ok(start) => start,
         Err(e) => {
             resume::untouched(claim);
             return Err(e);
         }
     };
-    let opened = if start.from > 0 {
-        // The kept file may be longer than its checked part (the source shrank, or its tail
-        // was unsure): what follows is written again, and nothing beyond the new end stays.
-        match sftp.open_write(&tmp).await {
-            Ok(handle) => match sftp.truncate(&handle, start.from).await {
-                Ok(()) => Ok(handle),
-                Err(e) => {
-                    sftp.close_after_failure(&handle).await;
-                    Err(e)
-                }
-            },
-            Err(e) => Err(e),
-        }
-    } else {
-        if claim.is_some() {
-            // An earlier run's file that did not match: this run writes its own.
-            let _ = sftp.remove(&tmp).await;
-        }
-        sftp.create_exclusive(&tmp, 0o600).await
-    };
+    let (opened, earlier_gone) = open_remote_temp(sftp, &tmp, &mut start, claim.is_some()).await;
     let handle = match opened {
         Ok(handle) => handle,
         Err(e) => {
             ctx.pending.done(&tmp);
-            if start.from > 0 {
-                resume::untouched(claim);
-            } else if let Some((claim, _)) = claim {
-                claim.done(); // whatever an earlier run kept was removed
+            match claim {
+                Some((claim, _)) if start.from == 0 && earlier_gone => claim.done(),
+                claim => resume::untouched(claim),
             }
             let what = "write into directory";
             return Err(match e {
@@ -130,25 +110,32 @@ pub(super) async fn upload_file(
     };
     // `verify` checks the written file before it can replace the destination.
     let mut verification = None;
-    if let Ok(Some(sha)) = &result
-        && ctx.hash
-    {
-        let checked = verify(ctx.conn, &tmp, sha, (local, true)).await;
-        if let Checked::Mismatch(why) = checked {
-            ctx.pending.add(&tmp);
-            remove_remote_temp(ctx.conn, sftp, &tmp, ctx.pending).await;
-            if let Some((claim, _)) = claim {
-                claim.done();
+    let result = match result {
+        Ok(Some(sha)) if ctx.hash => {
+            let checked = tokio::select! {
+                checked = verify(ctx.conn, &tmp, &sha, (local, true)) => Ok(checked),
+                () = ctx.cancel.cancelled() => Err(fail(TransferKind::Cancelled, "transfer cancelled".into())),
+                () = ctx.conn.lost() => Err(ctx.conn.lost_error()),
+            };
+            match checked {
+                Ok(Checked::Mismatch(why)) => {
+                    discard(ctx, sftp, &tmp, claim).await;
+                    return Ok(Sent {
+                        sha256: Some(sha),
+                        resumed_from,
+                        note,
+                        verification: Some((false, why)),
+                    });
+                }
+                Ok(checked) => {
+                    verification = Some(checked.into_pair());
+                    Ok(Some(sha))
+                }
+                Err(e) => Err(e),
             }
-            return Ok(Sent {
-                sha256: Some(sha.clone()),
-                resumed_from,
-                note,
-                verification: Some((false, why)),
-            });
         }
-        verification = Some(checked.into_pair());
-    }
+        result => result,
+    };
     let finished = match result {
         Ok(sha) => {
             let renamed = match sftp.set_attrs(&tmp, mode & 0o7777, mtime).await {
@@ -182,12 +169,65 @@ pub(super) async fn upload_file(
             Err(resume::noting(e, &resume::kept_note(written, &temp, true)))
         }
         (Err(e), claim) => {
-            ctx.pending.add(&tmp);
-            remove_remote_temp(ctx.conn, sftp, &tmp, ctx.pending).await;
-            if let Some((claim, _)) = claim {
-                claim.done();
-            }
+            discard(ctx, sftp, &tmp, claim).await;
             Err(e)
+        }
+    }
+}
+
+/// Opens the temporary file: the kept one cut to its checked part, or a new one (removing an
+/// earlier run's part that did not match or could not be cut). Returns whether no earlier part
+/// is left on the host.
+async fn open_remote_temp(
+    sftp: &Sftp,
+    tmp: &str,
+    start: &mut Start,
+    claimed: bool,
+) -> (Result<String, OpError>, bool) {
+    if start.from > 0 {
+        // The kept file may be longer than its checked part (the source shrank, or its tail
+        // was unsure): what follows is written again, and nothing beyond the new end stays.
+        let handle = match sftp.open_write(tmp).await {
+            Ok(handle) => handle,
+            Err(e) => return (Err(e), false),
+        };
+        if sftp.truncate(&handle, start.from).await.is_ok() {
+            return (Ok(handle), false);
+        }
+        sftp.close_after_failure(&handle).await;
+        *start = Start {
+            note: Some(
+                "the kept part of an earlier upload could not be cut to its checked length, so it started over"
+                    .into(),
+            ),
+            ..Start::default()
+        };
+    }
+    let gone = !claimed || matches!(sftp.remove(tmp).await, Ok(()) | Err(OpError::NotFound));
+    (sftp.create_exclusive(tmp, 0o600).await, gone)
+}
+
+/// Removes a temporary file this run wrote and will not keep. A large file's part is named for
+/// its transfer, so it stays out of the pending list (whose cleanup on a reconnect could remove
+/// a later run's file of that name): when it cannot be removed now, its record stays, with no
+/// byte of it trusted, until it expires or the same transfer replaces it.
+async fn discard(ctx: &Ctx<'_>, sftp: &Sftp, tmp: &str, claim: Option<(Claim, Option<Partial>)>) {
+    match claim {
+        Some((claim, _)) => {
+            let removed = !sftp.is_ended()
+                && matches!(
+                    tokio::time::timeout(QUICK, sftp.remove(tmp)).await,
+                    Ok(Ok(()) | Err(OpError::NotFound))
+                );
+            if removed {
+                claim.done();
+            } else {
+                claim.keep(0);
+            }
+        }
+        None => {
+            ctx.pending.add(tmp);
+            remove_remote_temp(ctx.conn, sftp, tmp, ctx.pending).await;
         }
     }
 }
