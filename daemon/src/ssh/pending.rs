@@ -104,15 +104,7 @@ impl PendingStore {
         }
         let mut text = String::new();
         for path in &changed {
-            let line = Change {
-                host: host.to_string(),
-                path: path.clone(),
-                add,
-            };
-            if let Ok(json) = serde_json::to_string(&line) {
-                text.push_str(&json);
-                text.push('\n');
-            }
+            journal_line(&mut text, host, path, add);
         }
         let written = match &mut state.journal {
             Some(journal) => journal.write_all(text.as_bytes()),
@@ -134,16 +126,8 @@ impl PendingStore {
         let mut text = String::new();
         for (host, paths) in &state.map {
             for path in paths {
-                let line = Change {
-                    host: host.clone(),
-                    path: path.clone(),
-                    add: true,
-                };
-                if let Ok(json) = serde_json::to_string(&line) {
-                    text.push_str(&json);
-                    text.push('\n');
-                    state.lines += 1;
-                }
+                journal_line(&mut text, host, path, true);
+                state.lines += 1;
             }
         }
         let tmp = path.with_extension("json.tmp");
@@ -157,6 +141,19 @@ impl PendingStore {
                 path.display()
             ),
         }
+    }
+}
+
+/// Appends one change as a JSON line.
+fn journal_line(text: &mut String, host: &str, path: &str, add: bool) {
+    let line = Change {
+        host: host.to_string(),
+        path: path.to_string(),
+        add,
+    };
+    if let Ok(json) = serde_json::to_string(&line) {
+        text.push_str(&json);
+        text.push('\n');
     }
 }
 

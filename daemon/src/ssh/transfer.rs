@@ -573,8 +573,23 @@ impl Checked {
 
 /// Checks a transferred file, before it is renamed into place, against a SHA-256 computed on
 /// the remote host (`remote` is the written temporary file of an upload, the source of a
-/// download; trees are checked file by file by the sync).
+/// download; trees are checked file by file by the sync). A cancel or the connection's loss
+/// during the check fails the transfer, so nothing unchecked is put in place.
 async fn verify(
+    ctx: &Ctx<'_>,
+    remote: &str,
+    sha256: &str,
+    local: (&Path, bool),
+) -> Result<Checked, SshError> {
+    tokio::select! {
+        checked = compare(ctx.conn, remote, sha256, local) => Ok(checked),
+        () = ctx.cancel.cancelled() => Err(fail(TransferKind::Cancelled, "transfer cancelled".into())),
+        () = ctx.conn.lost() => Err(ctx.conn.lost_error()),
+    }
+}
+
+/// [`verify`]'s comparison.
+async fn compare(
     conn: &Connection,
     remote: &str,
     sha256: &str,

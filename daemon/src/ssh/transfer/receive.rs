@@ -75,12 +75,7 @@ pub(super) async fn download_file(
     let mut verification = None;
     let result = match result {
         Ok((bytes, Some(sha))) if ctx.hash => {
-            let checked = tokio::select! {
-                checked = verify(ctx.conn, remote, &sha, (dest, false)) => Ok(checked),
-                () = ctx.cancel.cancelled() => Err(fail(TransferKind::Cancelled, "transfer cancelled".into())),
-                () = ctx.conn.lost() => Err(ctx.conn.lost_error()),
-            };
-            match checked {
+            match verify(ctx, remote, &sha, (dest, false)).await {
                 Ok(Checked::Mismatch(why)) => {
                     let removed = match tokio::fs::remove_file(&tmp).await {
                         Ok(()) => true,
@@ -257,16 +252,15 @@ async fn receive_file(
         // With `verify` the file must be on disk before it is renamed into place. Flushing it
         // as it grows, on a helper thread, leaves only the tail for the final sync.
         let (sync_now, sync_requests) = std::sync::mpsc::sync_channel::<()>(1);
-        let syncer = match durable {
-            true => {
-                let early = std_file.try_clone()?;
-                Some(std::thread::spawn(move || {
-                    while sync_requests.recv().is_ok() {
-                        let _ = early.sync_data();
-                    }
-                }))
-            }
-            false => None,
+        let syncer = if durable {
+            let early = std_file.try_clone()?;
+            Some(std::thread::spawn(move || {
+                while sync_requests.recv().is_ok() {
+                    let _ = early.sync_data();
+                }
+            }))
+        } else {
+            None
         };
         // Each piece is one read of the server's largest (~255 KiB): written as it comes, since
         // a buffer would only add a copy.

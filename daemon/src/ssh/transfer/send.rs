@@ -111,29 +111,22 @@ pub(super) async fn upload_file(
     // `verify` checks the written file before it can replace the destination.
     let mut verification = None;
     let result = match result {
-        Ok(Some(sha)) if ctx.hash => {
-            let checked = tokio::select! {
-                checked = verify(ctx.conn, &tmp, &sha, (local, true)) => Ok(checked),
-                () = ctx.cancel.cancelled() => Err(fail(TransferKind::Cancelled, "transfer cancelled".into())),
-                () = ctx.conn.lost() => Err(ctx.conn.lost_error()),
-            };
-            match checked {
-                Ok(Checked::Mismatch(why)) => {
-                    discard(ctx, sftp, &tmp, claim).await;
-                    return Ok(Sent {
-                        sha256: Some(sha),
-                        resumed_from,
-                        note,
-                        verification: Some((false, why)),
-                    });
-                }
-                Ok(checked) => {
-                    verification = Some(checked.into_pair());
-                    Ok(Some(sha))
-                }
-                Err(e) => Err(e),
+        Ok(Some(sha)) if ctx.hash => match verify(ctx, &tmp, &sha, (local, true)).await {
+            Ok(Checked::Mismatch(why)) => {
+                discard(ctx, sftp, &tmp, claim).await;
+                return Ok(Sent {
+                    sha256: Some(sha),
+                    resumed_from,
+                    note,
+                    verification: Some((false, why)),
+                });
             }
-        }
+            Ok(checked) => {
+                verification = Some(checked.into_pair());
+                Ok(Some(sha))
+            }
+            Err(e) => Err(e),
+        },
         result => result,
     };
     let finished = match result {
