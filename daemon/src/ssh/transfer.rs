@@ -619,7 +619,7 @@ async fn compare(
             format!("the data read from {local}"),
         )
     } else {
-        ("of the source on", format!("the data written to {local}"))
+        ("of the source on", format!("the data received for {local}"))
     };
     if remote_sha == sha256 {
         Checked::Matched(format!("verified: SHA-256 {there} {host} matches {here}"))
