@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::AgentSockets;
 use super::known_hosts::{self, Verdict};
+use super::read_ahead::ReadAhead;
 use super::{SshError, auth, route};
 use crate::audit::{Audit, Record};
 use crate::config::{HostConfig, HostKeyPolicy};
@@ -597,6 +598,7 @@ impl Connection {
             shared: shared.clone(),
             audit,
         };
+        let link = ReadAhead::new(link);
         let mut handle = match client::connect_stream(config, link, handler).await {
             Ok(handle) => handle,
             Err(e) => {

@@ -6,6 +6,7 @@
 //! - [`exec`]: one remote command on a channel, with inactivity timeout and remote stopping.
 //! - [`route`]: the way to the host: TCP, a bastion's `direct-tcpip` channel, or a local
 //!   `proxy_command`'s stdio.
+//! - [`read_ahead`]: one system call for the SSH packets that have arrived, not two each.
 //! - [`forward`]: direct-tcpip channels (`-L`) and remote listeners (`-R`) for port forwards.
 //! - [`job`]: jobs supervised on the host: the start, probe, kill and removal scripts.
 //! - [`sftp`], [`transfer`]: atomic, pipelined uploads and downloads over SFTP; [`pending`]:
@@ -18,6 +19,7 @@ pub mod forward;
 pub mod job;
 pub mod known_hosts;
 pub mod pending;
+mod read_ahead;
 pub mod route;
 pub mod sftp;
 pub mod transfer;
