@@ -92,60 +92,48 @@ async fn a_verify_mismatch_should_leave_the_destination_as_it_was() {
     let (daemon, shim) = setup(sshd.host("box", &login_user())).await;
     let local = tempfile::tempdir().unwrap();
     let remote = shared_dir();
-    let file = local.path().join("new.bin");
-    random_file(&file, 300_000);
-
     let dest = remote.path().join("kept.bin");
     std::fs::write(&dest, b"old remote").unwrap();
-    let up = shim
-        .call(
-            "ssh_upload",
-            json!({ "host": "box", "local_path": file, "remote_path": dest, "verify": true }),
-        )
-        .await;
-    assert!(is_error(&up), "{}", text(&up));
-    assert!(text(&up).starts_with("MISMATCH"), "{}", text(&up));
-    assert!(text(&up).contains("not replaced"), "{}", text(&up));
-    assert_eq!(std::fs::read(&dest).unwrap(), b"old remote");
-    assert!(
-        leftovers(remote.path()).is_empty(),
-        "{:?}",
-        leftovers(remote.path())
-    );
-
     let back = local.path().join("back.bin");
     std::fs::write(&back, b"old local").unwrap();
-    let down = shim
-        .call(
-            "ssh_download",
-            json!({ "host": "box", "remote_path": dest, "local_path": back, "verify": true }),
-        )
-        .await;
-    assert!(is_error(&down), "{}", text(&down));
-    assert!(text(&down).starts_with("MISMATCH"), "{}", text(&down));
-    assert_eq!(std::fs::read(&back).unwrap(), b"old local");
-    assert!(
-        leftovers(local.path()).is_empty(),
-        "{:?}",
-        leftovers(local.path())
-    );
+    // A small file, and a large one (which would keep its part when cut off): neither leaves
+    // anything behind after a mismatch, nor a kept record.
+    for (name, size) in [("new.bin", 300_000), ("big.bin", 9 * 1024 * 1024)] {
+        let file = local.path().join(name);
+        random_file(&file, size);
+        let up = shim
+            .call(
+                "ssh_upload",
+                json!({ "host": "box", "local_path": file, "remote_path": dest, "verify": true }),
+            )
+            .await;
+        assert!(is_error(&up), "{}", text(&up));
+        assert!(text(&up).starts_with("MISMATCH"), "{}", text(&up));
+        assert!(text(&up).contains("not replaced"), "{}", text(&up));
+        assert_eq!(std::fs::read(&dest).unwrap(), b"old remote");
+        assert!(
+            leftovers(remote.path()).is_empty(),
+            "{:?}",
+            leftovers(remote.path())
+        );
 
-    // A large file (one that would keep its part when cut off) keeps nothing after a mismatch.
-    let big = local.path().join("big.bin");
-    random_file(&big, 9 * 1024 * 1024);
-    let up = shim
-        .call(
-            "ssh_upload",
-            json!({ "host": "box", "local_path": big, "remote_path": dest, "verify": true }),
-        )
-        .await;
-    assert!(text(&up).starts_with("MISMATCH"), "{}", text(&up));
-    assert_eq!(std::fs::read(&dest).unwrap(), b"old remote");
-    assert!(
-        leftovers(remote.path()).is_empty(),
-        "{:?}",
-        leftovers(remote.path())
-    );
+        let source = remote.path().join(format!("source-{name}"));
+        random_file(&source, size);
+        let down = shim
+            .call(
+                "ssh_download",
+                json!({ "host": "box", "remote_path": source, "local_path": back, "verify": true }),
+            )
+            .await;
+        assert!(is_error(&down), "{}", text(&down));
+        assert!(text(&down).starts_with("MISMATCH"), "{}", text(&down));
+        assert_eq!(std::fs::read(&back).unwrap(), b"old local");
+        assert!(
+            leftovers(local.path()).is_empty(),
+            "{:?}",
+            leftovers(local.path())
+        );
+    }
     let listed = crate::common::stdout_json(&daemon.ctl(&["partials", "--json"]));
     assert_eq!(listed["kept"], json!([]), "{listed}");
 }

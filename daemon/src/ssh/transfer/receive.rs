@@ -77,15 +77,7 @@ pub(super) async fn download_file(
         Ok((bytes, Some(sha))) if ctx.hash => {
             match verify(ctx, remote, &sha, (dest, false)).await {
                 Ok(Checked::Mismatch(why)) => {
-                    let removed = match tokio::fs::remove_file(&tmp).await {
-                        Ok(()) => true,
-                        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-                    };
-                    match claim {
-                        Some((claim, _)) if removed => claim.done(),
-                        Some((claim, _)) => claim.keep(0),
-                        None => {}
-                    }
+                    discard(&tmp, claim).await;
                     let sent = Sent {
                         sha256: Some(sha),
                         resumed_from,
@@ -130,12 +122,24 @@ pub(super) async fn download_file(
             Err(resume::noting(e, &resume::kept_note(written, &temp, false)))
         }
         (Err(e), claim) => {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            if let Some((claim, _)) = claim {
-                claim.done();
-            }
+            discard(&tmp, claim).await;
             Err(e)
         }
+    }
+}
+
+/// Removes a temporary file this run wrote and will not keep. When a large file's part cannot
+/// be removed, its record stays, with no byte of it trusted, until it expires or the same
+/// download replaces it (as for uploads).
+async fn discard(tmp: &Path, claim: Option<(Claim, Option<Partial>)>) {
+    let removed = match tokio::fs::remove_file(tmp).await {
+        Ok(()) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    };
+    match claim {
+        Some((claim, _)) if removed => claim.done(),
+        Some((claim, _)) => claim.keep(0),
+        None => {}
     }
 }
 
