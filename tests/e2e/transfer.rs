@@ -139,6 +139,36 @@ async fn a_verify_mismatch_should_leave_the_destination_as_it_was() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_without_sftp_should_say_so_at_once() {
+    let sshd = Sshd::start_with(SshdOptions {
+        no_sftp: true,
+        ..Default::default()
+    });
+    let (_daemon, shim) = setup(sshd.host("box", &login_user())).await;
+    let local = tempfile::tempdir().unwrap();
+    let file = local.path().join("a.txt");
+    std::fs::write(&file, b"hello").unwrap();
+    let remote = shared_dir();
+    let dest = remote.path().join("a.txt");
+    let started = std::time::Instant::now();
+    let up = shim
+        .call(
+            "ssh_upload",
+            json!({ "host": "box", "local_path": file, "remote_path": dest }),
+        )
+        .await;
+    assert!(is_error(&up), "{}", text(&up));
+    assert!(text(&up).contains("Subsystem sftp"), "{}", text(&up));
+    // Not the transfer's 120 s idle limit: sshd's refusal is the answer.
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!dest.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trips_should_be_byte_identical() {
     let sshd = Sshd::start();
     let (_daemon, shim) = setup(sshd.host("box", &login_user())).await;

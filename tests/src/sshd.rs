@@ -44,6 +44,8 @@ pub struct SshdOptions {
     pub place: Place,
     /// `LogLevel DEBUG1` instead of `VERBOSE`: what a bastion forwards is logged only there.
     pub debug_log: bool,
+    /// No `Subsystem sftp` line: a server that refuses SFTP (minimal images often lack it).
+    pub no_sftp: bool,
 }
 
 /// Where sshd runs: what it reaches for `direct-tcpip` is what its namespace reaches.
@@ -240,9 +242,14 @@ impl Sshd {
         let d = self.dir.path().display();
         let mut config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
-             AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nSubsystem sftp internal-sftp\n\
+             AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\n{sftp}\
              LogLevel {level}\nUseDNS no\nPermitRootLogin prohibit-password\n",
             port = self.port,
+            sftp = if self.opts.no_sftp {
+                ""
+            } else {
+                "Subsystem sftp internal-sftp\n"
+            },
             level = if self.opts.debug_log {
                 "DEBUG1"
             } else {

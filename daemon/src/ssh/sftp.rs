@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use russh::ChannelMsg;
 use russh_sftp::client::RawSftpSession;
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
@@ -78,7 +79,7 @@ pub struct Entry {
 impl Sftp {
     /// Opens the `sftp` subsystem on a new channel; `timeout` bounds every request.
     pub async fn open(conn: &Connection, timeout: Duration) -> Result<Sftp, SshError> {
-        let (channel, slot) = conn.open_work_channel().await?;
+        let (mut channel, slot) = conn.open_work_channel().await?;
         let target = conn.host().target();
         let failed = |message: String| SshError::Protocol {
             target: target.clone(),
@@ -88,6 +89,26 @@ impl Sftp {
             .request_subsystem(true, "sftp")
             .await
             .map_err(|e| failed(format!("cannot start the sftp subsystem: {e}")))?;
+        // russh does not wait for the answer. Without it a server with no sftp subsystem would
+        // leave the SFTP handshake waiting out the whole idle timeout. A server that does not
+        // answer in time gets the handshake (and its own deadline) as before.
+        let answer = async {
+            loop {
+                match channel.wait().await {
+                    Some(ChannelMsg::Success) => return true,
+                    Some(ChannelMsg::Failure | ChannelMsg::Eof | ChannelMsg::Close) | None => {
+                        return false;
+                    }
+                    Some(_) => {}
+                }
+            }
+        };
+        if let Ok(false) = tokio::time::timeout(conn.host().connect_timeout, answer).await {
+            return Err(failed(
+                "its sshd refused the sftp subsystem (is `Subsystem sftp` configured in its sshd_config?); nothing was transferred"
+                    .into(),
+            ));
+        }
         let config = russh_sftp::client::Config {
             max_packet_len: 512 * 1024,
             ..Default::default()
