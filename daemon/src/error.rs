@@ -83,6 +83,7 @@ impl Error {
                 | SshError::Jump { .. }
                 | SshError::ConnectTimeout { .. }
                 | SshError::Protocol { .. }
+                | SshError::NoHandshake { .. }
                 | SshError::ConnectionLost { .. } => Code::Unavailable,
                 SshError::HostKeyUnknown { .. }
                 | SshError::HostKeyChanged { .. }
@@ -125,7 +126,8 @@ impl Error {
                 | SshError::ProxyCommand { .. }
                 | SshError::Jump { .. }
                 | SshError::ConnectTimeout { .. }
-                | SshError::Protocol { .. } => "unreachable",
+                | SshError::Protocol { .. }
+                | SshError::NoHandshake { .. } => "unreachable",
                 SshError::ConnectionLost { .. } => "connection lost",
                 SshError::HostKeyUnknown { .. }
                 | SshError::HostKeyChanged { .. }

@@ -270,17 +270,36 @@ impl HostEntry {
             }
             _ => None,
         };
-        // Waiting here is pacing, not the host being slow: it does not count in connect_timeout.
-        let _startup = startups::permit(config).await;
-        if config.jump.is_none()
-            && let Some(limit) = crate::fds::no_room()
-        {
-            return Err(ssh::SshError::FileLimit {
-                target: config.target(),
-                limit,
-            });
+        let mut attempt = 1;
+        loop {
+            // Waiting here is pacing, not the host being slow: it does not count in connect_timeout.
+            let startup = startups::permit(config).await;
+            if config.jump.is_none()
+                && let Some(limit) = crate::fds::no_room()
+            {
+                return Err(ssh::SshError::FileLimit {
+                    target: config.target(),
+                    limit,
+                });
+            }
+            let opened = Connection::open(
+                config.clone(),
+                self.audit.clone(),
+                &self.agents,
+                bastion.clone(),
+            )
+            .await;
+            drop(startup);
+            match opened {
+                // Turned away before the SSH banner: nothing was authenticated, nothing ran.
+                // sshd's MaxStartups drops at random, so another try soon most likely gets in.
+                Err(ssh::SshError::NoHandshake { .. }) if attempt < startups::ATTEMPTS => {
+                    tokio::time::sleep(startups::backoff(attempt)).await;
+                    attempt += 1;
+                }
+                opened => return opened,
+            }
         }
-        Connection::open(config.clone(), self.audit.clone(), &self.agents, bastion).await
     }
 
     /// Records why the previous connection ended, the first time we notice.

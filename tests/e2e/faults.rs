@@ -152,6 +152,55 @@ async fn a_black_holed_host_should_fail_within_its_deadline_without_delaying_oth
     );
 }
 
+/// An sshd past its MaxStartups closes new connections before its banner: nothing ran, so the
+/// daemon tries again (four attempts in all) and says what happened when every one is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_turned_away_before_the_banner_should_be_tried_again() {
+    let sshd = Sshd::start();
+    let proxy = FaultProxy::start(sshd.port);
+    let audit = sshd.dir.path().join("audit.jsonl");
+    let config = json!({
+        "audit_log_file": audit,
+        "hosts": [via_proxy(&sshd, &proxy, "busy"), via_proxy(&sshd, &proxy, "full")],
+    });
+    let daemon = Daemon::start(&config.to_string());
+    let client = daemon.client().await;
+    proxy.turn_away(2);
+    let result = run(&client, "busy", "echo in", 0).await;
+    assert_eq!(result.code(), Some(0), "{result:?}");
+    assert_eq!(result.stdout_text(), "in\n");
+    assert_eq!(proxy.accepted(), 3, "two turned away, the third got in");
+
+    proxy.turn_away(usize::MAX);
+    let started = Instant::now();
+    let refused = run(&client, "full", "echo in", 0).await;
+    let took = started.elapsed();
+    assert_eq!(refused.error_code(), Code::Unavailable, "{refused:?}");
+    let message = refused.error_message();
+    assert!(
+        message.contains("closed before the SSH handshake") && message.contains("MaxStartups"),
+        "{message}"
+    );
+    assert_eq!(proxy.accepted(), 3 + 4, "four attempts in all");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    let connects: Vec<Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["action"] == "connect" && r["host"] == "full")
+        .collect();
+    assert_eq!(connects.len(), 1, "one connect record: {connects:?}");
+    assert_eq!(connects[0]["outcome"], "error");
+
+    proxy.turn_away(0);
+    let again = run(&client, "full", "echo in", 0).await;
+    assert_eq!(again.code(), Some(0), "{again:?}");
+    eprintln!(
+        "turned away four times: refused after {:.2} s",
+        took.as_secs_f64()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfers_cut_by_a_connection_reset_should_resume() {
     let sshd = Sshd::start();

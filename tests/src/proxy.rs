@@ -1,6 +1,7 @@
 //! A TCP proxy for fault injection, placed between the daemon and sshd: it passes traffic,
 //! black-holes it (sockets stay open, nothing is forwarded: a dead network or a hung server),
-//! delays it, or resets every connection it carries (RST to both sides).
+//! delays it, resets every connection it carries (RST to both sides), or turns new
+//! connections away before a byte passes (as sshd past its MaxStartups does).
 //!
 //! It runs on its own runtime thread so that tests blocking their own threads cannot stall it.
 
@@ -28,6 +29,7 @@ pub struct FaultProxy {
     fault: watch::Sender<Fault>,
     resets: watch::Sender<u64>,
     accepted: Arc<AtomicUsize>,
+    turn_away: Arc<AtomicUsize>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -47,11 +49,21 @@ impl FaultProxy {
         let (fault, _) = watch::channel(Fault::Pass);
         let (resets, _) = watch::channel(0u64);
         let accepted = Arc::new(AtomicUsize::new(0));
+        let turn_away = Arc::new(AtomicUsize::new(0));
         let (faults, reset_rx, count) = (fault.clone(), resets.clone(), accepted.clone());
+        let away = turn_away.clone();
         runtime.spawn(async move {
             let listener = TcpListener::from_std(listener).expect("cannot adopt the proxy socket");
             while let Ok((inbound, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
+                let turned_away = away
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if turned_away {
+                    // Closed unread, as sshd drops a connection past MaxStartups: an RST.
+                    let _ = inbound.set_zero_linger();
+                    continue;
+                }
                 let (fault, reset) = (faults.subscribe(), reset_rx.subscribe());
                 tokio::spawn(async move {
                     if let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await {
@@ -65,6 +77,7 @@ impl FaultProxy {
             fault,
             resets,
             accepted,
+            turn_away,
             runtime: Some(runtime),
         }
     }
@@ -76,6 +89,11 @@ impl FaultProxy {
     /// Resets every connection open now (new ones are carried as usual).
     pub fn reset_all(&self) {
         self.resets.send_modify(|n| *n += 1);
+    }
+
+    /// Closes the next `n` connections as soon as they are accepted.
+    pub fn turn_away(&self, n: usize) {
+        self.turn_away.store(n, Ordering::SeqCst);
     }
 
     /// Connections accepted so far.

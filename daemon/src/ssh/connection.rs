@@ -609,19 +609,21 @@ impl Connection {
                 if let Some(reason) = exited_proxy(&mut proxy).await {
                     return Err(SshError::ProxyCommand { target, reason });
                 }
-                // Closed before a word of SSH was exchanged: most often not an SSH port at all.
-                let message = if lock(&shared.info).server_version.is_empty()
+                // Closed before a word of SSH was exchanged: not an SSH port, or an sshd
+                // shedding unauthenticated connections (MaxStartups). Nothing ran there.
+                if lock(&shared.info).server_version.is_empty()
                     && matches!(e, russh::Error::Disconnect | russh::Error::IO(_))
                 {
-                    format!(
-                        "the connection closed before the SSH handshake ({}): is port {} an SSH server? (`mcp-sshctl doctor` checks)",
-                        describe_russh_error(&e),
-                        host.port
-                    )
-                } else {
-                    describe_russh_error(&e)
-                };
-                return Err(SshError::Protocol { target, message });
+                    return Err(SshError::NoHandshake {
+                        target,
+                        port: host.port,
+                        reason: describe_russh_error(&e),
+                    });
+                }
+                return Err(SshError::Protocol {
+                    target,
+                    message: describe_russh_error(&e),
+                });
             }
         };
         *lock(&stage) = "authentication";

@@ -124,6 +124,17 @@ pub enum SshError {
     },
     #[error("SSH error with {target}: {message}")]
     Protocol { target: String, message: String },
+    /// Closed before the server's SSH banner, on every attempt.
+    #[error(
+        "SSH error with {target}: the connection closed before the SSH handshake ({reason}): is port \
+         {port} an SSH server, or is its sshd turning new connections away (MaxStartups)? \
+         (`mcp-sshctl doctor` checks)"
+    )]
+    NoHandshake {
+        target: String,
+        port: u16,
+        reason: String,
+    },
     #[error("connection to {target} lost: {reason}")]
     ConnectionLost { target: String, reason: String },
     #[error(
