@@ -614,10 +614,14 @@ impl Connection {
                 if lock(&shared.info).server_version.is_empty()
                     && matches!(e, russh::Error::Disconnect | russh::Error::IO(_))
                 {
+                    let reason = match &e {
+                        russh::Error::IO(io) => super::io_text(io),
+                        other => describe_russh_error(other),
+                    };
                     return Err(SshError::NoHandshake {
                         target,
                         port: host.port,
-                        reason: describe_russh_error(&e),
+                        reason,
                     });
                 }
                 return Err(SshError::Protocol {

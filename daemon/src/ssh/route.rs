@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use super::{Connection, SshError};
+use super::{Connection, SshError, io_text};
 use crate::config::HostConfig;
 use crate::sync::lock;
 
@@ -109,12 +109,24 @@ pub async fn open(
     let Some(command) = &host.proxy_command else {
         let tcp = TcpStream::connect((host.hostname.as_str(), host.port))
             .await
-            .map_err(|source| SshError::Connect {
-                target: target.clone(),
-                source,
+            .map_err(|source| match source.kind() {
+                // Accepted, then closed before connect() returned: turned away, as sshd past
+                // its MaxStartups does, not refused.
+                std::io::ErrorKind::ConnectionReset => SshError::NoHandshake {
+                    target: target.clone(),
+                    port: host.port,
+                    reason: io_text(&source),
+                },
+                _ => SshError::Connect {
+                    target: target.clone(),
+                    source,
+                },
             })?;
-        tcp.set_nodelay(true)
-            .map_err(|source| SshError::Connect { target, source })?;
+        // It fails only on a socket already reset (sshd dropping it past MaxStartups): the
+        // handshake then reports the reset as a close before the banner, which is tried again.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(host = %host.name, "TCP_NODELAY not set: {e}");
+        }
         return Ok((Box::new(tcp), None));
     };
     let command = expand_tokens(command, host);
