@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::auth::AgentSockets;
 use super::known_hosts::{self, Verdict};
 use super::read_ahead::ReadAhead;
-use super::{SshError, auth, route};
+use super::{SshError, auth, io_text, route};
 use crate::audit::{Audit, Record};
 use crate::config::{HostConfig, HostKeyPolicy};
 use crate::sync::lock;
@@ -619,14 +619,10 @@ impl Connection {
                 if lock(&shared.info).server_version.is_empty()
                     && matches!(e, russh::Error::Disconnect | russh::Error::IO(_))
                 {
-                    let reason = match &e {
-                        russh::Error::IO(io) => super::io_text(io),
-                        other => describe_russh_error(other),
-                    };
                     return Err(SshError::NoHandshake {
                         target,
                         port: host.port,
-                        reason,
+                        reason: describe_russh_error(&e),
                     });
                 }
                 return Err(SshError::Protocol {
@@ -1018,7 +1014,7 @@ pub(crate) fn describe_russh_error(e: &russh::Error) -> String {
             "no answer to keepalives (network down or server hung)".into()
         }
         russh::Error::InactivityTimeout => "inactivity timeout".into(),
-        russh::Error::IO(io) => io.to_string(),
+        russh::Error::IO(io) => io_text(io),
         russh::Error::Disconnect => "disconnected".into(),
         russh::Error::SendError => "the connection is closed".into(),
         russh::Error::UnknownKey => "host key refused".into(),

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::exec::{self, ExecRequest, Output};
 use super::pending::PendingTemps;
 use super::sftp::{OpError, Sftp};
-use super::{Connection, SshError};
+use super::{Connection, SshError, io_text};
 use crate::partials::Partials;
 use crate::policy::quote;
 
@@ -280,14 +280,7 @@ fn local_error(e: std::io::Error, what: &str, path: &Path) -> SshError {
         TransferKind::NoSpace => "no space left on the local disk".to_string(),
         TransferKind::NotFound => "no such file or directory".to_string(),
         TransferKind::PermissionDenied => "permission denied".to_string(),
-        // The OS's words without Rust's "(os error N)".
-        _ => {
-            let text = e.to_string();
-            match text.rsplit_once(" (os error ") {
-                Some((words, _)) => words.to_string(),
-                None => text,
-            }
-        }
+        _ => io_text(&e),
     };
     fail(
         kind,
